@@ -1,0 +1,38 @@
+"""The small family of errors peftkit raises.
+
+Every message names the problem *and* what to do about it; callers can catch
+``PeftkitError`` for all of them, and each is also a ``ValueError`` so code that
+already guards against bad values keeps working.
+"""
+
+
+class PeftkitError(ValueError):
+    """Base class: something the user gave us cannot be used as it is."""
+
+
+class UnsupportedModelError(PeftkitError):
+    """The model's family has no layers/special tokens this method knows how to find."""
+
+
+class SpecialTokenError(PeftkitError):
+    """No usable special-token ids (PASTA needs them) or none present in the input."""
+
+
+class MethodConfigError(PeftkitError):
+    """A method's config does not fit the model (missing target modules, bad rank, ...)."""
+
+
+class AdapterMismatchError(PeftkitError):
+    """An adapter was made for another backbone or another task head."""
+
+
+class AdapterFileError(PeftkitError):
+    """An adapter directory is missing files, or a file in it is corrupt."""
+
+
+class DataError(PeftkitError):
+    """A dataset is missing, empty, malformed or lacks a column."""
+
+
+class TrainingError(PeftkitError):
+    """Training cannot go on (non-finite loss, output directory in the way, ...)."""

@@ -1,0 +1,183 @@
+"""PASTA: Parameter-efficient tuning with Special Token Adaptation (Yang et al., EACL 2023).
+
+Before every Transformer layer l, the hidden state of the m-th special token of each row
+gets a trained vector added to it:
+
+    h_l[row, pos_m] += dropout(e_l[m])
+
+It is added to the residual stream itself, so it changes that position's Q, K, V and FFN
+input; sequence length is unchanged. What we followed, after reading the paper and the
+official code (luka-group/PASTA, BERT only):
+
+* Adapted tokens are [CLS] and [SEP] (RoBERTa's <s> and </s>, ...), not [PAD]/[MASK]/[UNK].
+  Slots are by order of occurrence in the row: 0 = [CLS], 1 = first [SEP], 2 = second [SEP]
+  of a pair. The official scripts use M = 2 slots for single sentences (CoLA, SST-2, NER)
+  and 3 for pairs; occurrences past the last slot (RoBERTa's ``</s></s>`` separator) share
+  the last slot rather than being left out.
+* Dropout on the added vector is the model's hidden dropout (0.1 for BERT), as there.
+* Only the tables and the task head train; BERT's pretrained pooler stays frozen.
+
+Where we differ on purpose: positions come from each row's own input ids (the official code
+hard-codes ids 101/102 and takes the count of special tokens from the first row), so any
+padding side, any mix of single and pair rows and any family work; the tables start at zero
+(``init="zeros"``) so step 0 equals the frozen model, with ``init="normal"`` following the
+official normal(0, initializer_range).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftkit.errors import SpecialTokenError
+from peftkit.methods.base import MethodAdapter, MethodConfig
+from peftkit.methods.registry import register_method
+from peftkit.models import encoder_layers, hidden_dropout_prob, hidden_size, special_token_ids_from_config
+
+
+@dataclasses.dataclass
+class PastaConfig(MethodConfig):
+    method_name = "pasta"
+
+    num_special_tokens: int = 3
+    """Slots per layer (M): 2 for single sentences, 3 for pairs ([CLS], [SEP], [SEP])."""
+    special_token_ids: list[int] | None = None
+    """Ids to adapt, e.g. [101, 102]; default: the tokenizer's cls/sep, else the config's."""
+    dropout: float | None = None
+    """Dropout on the added vectors; None = the model's hidden dropout."""
+    init: str = "zeros"
+    """"zeros" (step 0 = frozen model) or "normal" (the official normal(0, 0.02))."""
+    layers: list[int] | None = None
+    """Indices of the layers to adapt; None = every layer."""
+
+
+def resolve_special_token_ids(model: nn.Module, config: PastaConfig, tokenizer=None) -> list[int]:
+    """The ids to adapt: the config's, else the tokenizer's [CLS]/[SEP], else the model config's."""
+    if config.special_token_ids:
+        ids = [int(i) for i in config.special_token_ids]
+        source = "PastaConfig(special_token_ids=...)"
+    elif tokenizer is not None:
+        ids = [i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id) if i is not None]
+        ids = list(dict.fromkeys(ids))
+        source = f"the tokenizer ({type(tokenizer).__name__})"
+        if not ids:
+            raise SpecialTokenError(
+                f"the tokenizer {type(tokenizer).__name__} has no [CLS]/[SEP]-like special tokens "
+                "(cls_token and sep_token are both unset), so PASTA has nothing to adapt. "
+                "Use an encoder whose vocabulary has them, or give "
+                "PastaConfig(special_token_ids=[...]) for tokens your inputs do contain."
+            )
+    else:
+        ids = special_token_ids_from_config(model.config)
+        source = f"the model config ({type(model.config).__name__})"
+        if not ids:
+            raise SpecialTokenError(
+                f"cannot tell which token ids are special for {type(model).__name__}: its config "
+                "declares no cls/sep/bos/eos token ids. Pass the tokenizer, "
+                "get_peft_model(model, config, tokenizer=tokenizer), or give the ids, "
+                "PastaConfig(special_token_ids=[cls_id, sep_id])."
+            )
+    vocab_size = getattr(model.config, "vocab_size", None)
+    bad = [i for i in ids if i < 0 or (vocab_size is not None and i >= vocab_size)]
+    if bad:
+        raise SpecialTokenError(
+            f"special token ids {bad} from {source} are not in the model's vocabulary "
+            f"(size {vocab_size}); the tokenizer and the model do not belong together."
+        )
+    return ids
+
+
+class PastaAdapter(MethodAdapter):
+    """Per-layer special-token tables plus the pre-hooks that add them to the residual stream."""
+
+    def __init__(self, model: nn.Module, config: PastaConfig, tokenizer=None):
+        super().__init__(model, config, tokenizer)
+        if config.num_special_tokens < 1:
+            raise SpecialTokenError("PastaConfig.num_special_tokens must be at least 1 ([CLS]).")
+        layers = encoder_layers(model)
+        self.layer_indices = list(range(len(layers))) if config.layers is None else list(config.layers)
+        if any(not 0 <= i < len(layers) for i in self.layer_indices):
+            raise SpecialTokenError(
+                f"PastaConfig.layers={config.layers} names layers the model lacks; it has "
+                f"{len(layers)} (0..{len(layers) - 1})."
+            )
+        self.special_token_ids = resolve_special_token_ids(model, config, tokenizer)
+        self.register_buffer(
+            "special_ids", torch.tensor(self.special_token_ids, dtype=torch.long), persistent=False
+        )
+        dtype = next(model.parameters()).dtype
+        # One (M x hidden) table per adapted layer, stored as one (layers, M, hidden) tensor.
+        table = torch.zeros(len(self.layer_indices), config.num_special_tokens, hidden_size(model), dtype=dtype)
+        if config.init == "normal":
+            nn.init.normal_(table, std=getattr(model.config, "initializer_range", 0.02))
+        elif config.init != "zeros":
+            raise SpecialTokenError(f"PastaConfig.init must be 'zeros' or 'normal', not {config.init!r}.")
+        self.special_token_embeddings = nn.Parameter(table)
+        self.dropout = nn.Dropout(hidden_dropout_prob(model) if config.dropout is None else config.dropout)
+        # (rows, columns, slots) of the special tokens in the batch being run; set per forward.
+        self._positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._hooks = [
+            layers[layer].register_forward_pre_hook(self._make_hook(table_index), with_kwargs=True)
+            for table_index, layer in enumerate(self.layer_indices)
+        ]
+
+    def special_token_positions(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows, columns and slot (occurrence order, capped at M-1) of every special token."""
+        special_token_mask = torch.isin(input_ids, self.special_ids.to(input_ids.device))
+        missing = (~special_token_mask.any(dim=1)).nonzero().flatten()
+        if len(missing):
+            raise SpecialTokenError(
+                f"row(s) {missing.tolist()[:5]} of input_ids contain none of the special tokens "
+                f"{self.special_token_ids}, so PASTA cannot adapt them. Tokenize with "
+                "add_special_tokens=True (the default), or set PastaConfig(special_token_ids=...) "
+                "to ids your inputs contain."
+            )
+        occurrence = special_token_mask.long().cumsum(dim=1) - 1
+        slots = occurrence.clamp(max=self.config.num_special_tokens - 1)
+        rows, columns = special_token_mask.nonzero(as_tuple=True)
+        return rows, columns, slots[rows, columns]
+
+    @contextlib.contextmanager
+    def forward_context(self, inputs: dict[str, Any]):
+        input_ids = inputs.get("input_ids")
+        if input_ids is None:
+            raise SpecialTokenError(
+                "PASTA finds special tokens by their ids: call the model with input_ids, "
+                "not inputs_embeds."
+            )
+        self._positions = self.special_token_positions(input_ids)
+        try:
+            yield
+        finally:
+            self._positions = None
+
+    def _make_hook(self, table_index: int):
+        def add_special_token_vectors(layer, args, kwargs):
+            if self._positions is None:
+                raise SpecialTokenError(
+                    "a PASTA-adapted layer ran outside PeftModel.forward; call the wrapped "
+                    "model returned by get_peft_model, not the base model."
+                )
+            rows, columns, slots = self._positions
+            delta = self.dropout(self.special_token_embeddings[table_index][slots])
+            if args:
+                hidden = args[0]
+                # h[special] += e_l[slot]  (out of place, so autograd sees it)
+                return (hidden.index_put((rows, columns), delta, accumulate=True), *args[1:]), kwargs
+            hidden = kwargs["hidden_states"]
+            kwargs["hidden_states"] = hidden.index_put((rows, columns), delta, accumulate=True)
+            return args, kwargs
+
+        return add_special_token_vectors
+
+    def detach(self, model: nn.Module) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
+register_method(PastaConfig, PastaAdapter)

@@ -1,0 +1,137 @@
+"""Backbone knowledge shared by every method.
+
+Transformers families name the same things differently (``encoder.layer`` in BERT,
+``transformer.layer`` in DistilBERT, ``hidden_size`` vs ``dim``); this module is the one
+place that knows, so methods can ask "where are the layers?" without a family switch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+from peftkit.errors import AdapterMismatchError, UnsupportedModelError
+
+# Attribute paths, relative to the bare backbone (``model.base_model``), of the stack of
+# Transformer blocks.  Order matters only when a model has several (none we support).
+LAYER_PATHS = (
+    "encoder.layer",  # BERT, RoBERTa, ELECTRA, DeBERTa(-v2), ViT, DeiT
+    "transformer.layer",  # DistilBERT
+    "encoder.layers",  # BART-style encoders
+    "layers",  # Llama/SmolLM-style decoders (base_model is the decoder itself)
+    "h",  # GPT-2
+)
+
+
+def _get_path(module: nn.Module, path: str):
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The bare Transformer inside a task model (``BertForX.bert``) or the model itself."""
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, nn.Module) else model
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's Transformer blocks, in order, or a clear error naming what we looked for."""
+    base = backbone(model)
+    for path in LAYER_PATHS:
+        layers = _get_path(base, path)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return layers
+    raise UnsupportedModelError(
+        f"cannot find the Transformer layers of {type(model).__name__}: looked for "
+        f"{', '.join(LAYER_PATHS)} under its backbone. peftkit supports BERT, RoBERTa, "
+        "DistilBERT, ELECTRA, DeBERTa-v2, ViT/DeiT and Llama-style models; pass one of those "
+        "(e.g. loaded with AutoModelForSequenceClassification.from_pretrained)."
+    )
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for name in ("hidden_size", "dim", "d_model", "n_embd"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise UnsupportedModelError(
+        f"cannot tell the hidden size of {type(model).__name__}: its config has none of "
+        "hidden_size, dim, d_model, n_embd."
+    )
+
+
+def hidden_dropout_prob(model: nn.Module) -> float:
+    """The model's own dropout on hidden states (BERT: hidden_dropout_prob, DistilBERT: dropout)."""
+    config = getattr(model, "config", None)
+    for name in ("hidden_dropout_prob", "dropout", "hidden_dropout"):
+        value = getattr(config, name, None)
+        if isinstance(value, float):
+            return value
+    return 0.0
+
+
+def special_token_ids_from_config(config) -> list[int]:
+    """[CLS]/[SEP]-like ids a model config declares (RoBERTa's bos/eos), in that order."""
+    ids: list[int] = []
+    for name in ("cls_token_id", "bos_token_id", "sep_token_id", "eos_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value not in ids:
+            ids.append(value)
+    return ids
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Top-level children a task model adds around its backbone (classifier, pre_classifier,
+    DeBERTa's pooler). These are new and task-specific, so they train and are saved with the
+    adapter; everything under the backbone stays frozen (BERT's pretrained pooler included)."""
+    prefix = getattr(model, "base_model_prefix", None)
+    if backbone(model) is model or prefix is None:
+        return []
+    return [
+        name
+        for name, child in model.named_children()
+        if name != prefix and any(True for _ in child.parameters())
+    ]
+
+
+def backbone_identity(model: nn.Module) -> dict:
+    """A record of which backbone an adapter was made for: architecture figures plus a
+    fingerprint of the frozen weights (a strided sample of every tensor, so hashing a large
+    model takes milliseconds, yet another checkpoint of the same architecture differs)."""
+    base = backbone(model)
+    config = getattr(model, "config", None)
+    digest = hashlib.sha256()
+    for name, param in base.named_parameters():
+        flat = param.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 1024)][:1024].to(torch.float32).cpu()
+        digest.update(name.encode())
+        digest.update(str(tuple(param.shape)).encode())
+        digest.update(sample.numpy().tobytes())
+    return {
+        "name_or_path": getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", ""),
+        "model_type": getattr(config, "model_type", type(base).__name__),
+        "hidden_size": hidden_size(model),
+        "num_layers": len(encoder_layers(model)),
+        "num_parameters": sum(p.numel() for p in base.parameters()),
+        "fingerprint": digest.hexdigest()[:32],
+    }
+
+
+def check_backbone_identity(saved: dict, model: nn.Module, *, where: str) -> None:
+    """Refuse an adapter made for another backbone, saying which figure differs."""
+    current = backbone_identity(model)
+    for key in ("model_type", "hidden_size", "num_layers", "num_parameters", "fingerprint"):
+        if key in saved and saved[key] != current[key]:
+            raise AdapterMismatchError(
+                f"the adapter in {where} was made for another backbone: its {key} is "
+                f"{saved[key]!r} but this model's is {current[key]!r} (adapter made for "
+                f"{saved.get('name_or_path') or 'an unnamed model'}, this model is "
+                f"{current['name_or_path'] or 'unnamed'}). Load the base model the adapter "
+                "was trained on, or retrain the adapter for this one."
+            )

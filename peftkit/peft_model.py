@@ -1,0 +1,201 @@
+"""The user-facing wrapper: ``get_peft_model`` and ``PeftModel``, named as in Hugging Face PEFT.
+
+``get_peft_model(model, config)`` freezes every weight of ``model``, unfreezes the task head
+(the modules a ``...ForSequenceClassification`` adds around its backbone) and attaches the
+method. What requires grad afterwards is exactly what trains and what ``save_pretrained``
+writes, whatever the method. PEFT's own configs (``peft.LoraConfig``) go to PEFT unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from peftkit.errors import AdapterFileError, AdapterMismatchError, MethodConfigError
+from peftkit.files import atomic_write, atomic_write_json
+from peftkit.methods.base import MethodConfig
+from peftkit.methods.registry import get_method, spec_for_config
+from peftkit.models import backbone_identity, check_backbone_identity, head_module_names
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def _is_peft_config(config: Any) -> bool:
+    try:
+        from peft import PeftConfig
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(config, PeftConfig)
+
+
+def get_peft_model(model: nn.Module, config, tokenizer=None):
+    """Wrap ``model`` with a peftkit method, or with PEFT's own for a PEFT config."""
+    if _is_peft_config(config):
+        import peft
+
+        return peft.get_peft_model(model, config)
+    if not isinstance(config, MethodConfig):
+        raise MethodConfigError(
+            f"get_peft_model needs a method config such as peftkit.PastaConfig() or "
+            f"peft.LoraConfig(...), not {type(config).__name__}."
+        )
+    return PeftModel(model, config, tokenizer=tokenizer)
+
+
+def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The adapter config of ``directory``, or a clear error when it is absent or corrupt."""
+    path = Path(directory) / ADAPTER_CONFIG_NAME
+    if not path.is_file():
+        raise AdapterFileError(
+            f"{directory} holds no {ADAPTER_CONFIG_NAME}, so it is not an adapter directory; "
+            "point at a directory written by save_pretrained (or by `peftkit train`)."
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterFileError(
+            f"{path} is corrupt ({error}); restore it or retrain the adapter."
+        ) from None
+
+
+def read_adapter_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(directory) / ADAPTER_WEIGHTS_NAME
+    if not path.is_file():
+        raise AdapterFileError(f"{directory} has {ADAPTER_CONFIG_NAME} but no {ADAPTER_WEIGHTS_NAME}.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterFileError(
+            f"{path} is corrupt or truncated ({error}); restore it or retrain the adapter."
+        ) from None
+
+
+class PeftModel(nn.Module):
+    """A frozen backbone plus one peftkit method and the task head."""
+
+    def __init__(self, model: nn.Module, config: MethodConfig, tokenizer=None):
+        super().__init__()
+        spec = spec_for_config(config)
+        config = copy.deepcopy(config)  # the adapter may fill in resolved values (special ids)
+        model.requires_grad_(False)
+        self.head_modules = head_module_names(model)
+        for name in self.head_modules:
+            getattr(model, name).requires_grad_(True)
+        self.base_model = model
+        self.peft_config = config
+        self.adapter = spec.adapter_class(model, config, tokenizer=tokenizer)
+        self.task_info: dict[str, Any] = {}
+        self.train(model.training)  # a new adapter follows the mode the model was in
+
+    # -- what HF-style callers expect -------------------------------------------------
+    @property
+    def config(self):
+        return self.base_model.config
+
+    def forward(self, *args, **kwargs):
+        inputs = dict(kwargs)
+        if args:
+            inputs.setdefault("input_ids", args[0])
+        with self.adapter.forward_context(inputs):
+            return self.base_model(*args, **kwargs)
+
+    # -- parameters -------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: param.detach() for name, param in self.named_parameters() if param.requires_grad}
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || "
+            f"trainable%: {100 * trainable / total:.4f}"
+        )
+
+    # -- files --------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write ``adapter_model.safetensors`` then ``adapter_config.json``, each atomically."""
+        directory = Path(save_directory)
+        tensors = {name: t.contiguous().cpu().clone() for name, t in self.trainable_state_dict().items()}
+        atomic_write(directory / ADAPTER_WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        identity = backbone_identity(self.base_model)
+        record = {
+            "peft_type": self.peft_config.peft_type,
+            "peftkit_method": self.peft_config.method_name,
+            **self.peft_config.to_dict(),
+            "base_model_name_or_path": identity["name_or_path"],
+            "base_model_identity": identity,
+            "head_modules": self.head_modules,
+            "task": self.task_info,
+        }
+        atomic_write_json(directory / ADAPTER_CONFIG_NAME, record)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike, is_trainable: bool = False, tokenizer=None):
+        """Restore an adapter onto ``model``; PEFT adapters (LoRA, ...) are loaded by PEFT."""
+        record = read_adapter_config(model_id)
+        if "peftkit_method" not in record:
+            import peft
+
+            return peft.PeftModel.from_pretrained(model, str(model_id), is_trainable=is_trainable)
+        check_backbone_identity(record.get("base_model_identity", {}), model, where=str(model_id))
+        spec = get_method(record["peftkit_method"])
+        fields = {k: v for k, v in record.items() if k in {f.name for f in spec.config_class.__dataclass_fields__.values()}}
+        wrapped = cls(model, spec.config_class.from_dict(fields), tokenizer=tokenizer)
+        wrapped.task_info = record.get("task", {})
+        wrapped.load_adapter_weights(read_adapter_weights(model_id), where=str(model_id))
+        if not is_trainable:
+            wrapped.requires_grad_(False)
+            wrapped.eval()
+        return wrapped
+
+    def load_adapter_weights(self, tensors: dict[str, torch.Tensor], *, where: str = "the adapter") -> None:
+        """Copy saved tensors into the trainable parameters, checking names and shapes first."""
+        params = dict(self.named_parameters())
+        expected = {name for name, p in params.items() if p.requires_grad}
+        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - set(params))
+        if missing or unexpected:
+            raise AdapterMismatchError(
+                f"{where} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}. "
+                "Was it saved for another method, task type or head?"
+            )
+        for name, tensor in tensors.items():
+            if params[name].shape != tensor.shape:
+                hint = ""
+                if any(name.startswith(f"base_model.{head}.") for head in self.head_modules):
+                    hint = (
+                        " The task head differs: load the base model with the adapter's number of "
+                        "labels (e.g. AutoModelForSequenceClassification.from_pretrained(path, num_labels=N))."
+                    )
+                raise AdapterMismatchError(
+                    f"{where}: tensor {name} has shape {tuple(tensor.shape)} but the model's is "
+                    f"{tuple(params[name].shape)}.{hint}"
+                )
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                params[name].copy_(tensor.to(params[name].dtype))
+
+    # -- merging ------------------------------------------------------------------------
+    def merge_and_unload(self) -> nn.Module:
+        """Fold the method into the backbone's weights (mergeable methods) and return the model."""
+        merged = self.adapter.merge(self.base_model)
+        self.adapter.detach(self.base_model)
+        return merged
+
+    def unload(self) -> nn.Module:
+        """Remove the method and return the base model as it was."""
+        self.adapter.detach(self.base_model)
+        return self.base_model
