@@ -54,3 +54,8 @@ def spec_for_config(config: MethodConfig) -> MethodSpec:
         f"use one of {', '.join(s.config_class.__name__ for s in _METHODS.values())} "
         "or a PEFT config (peft.LoraConfig)."
     )
+
+
+def config_classes() -> dict[str, type[MethodConfig]]:
+    """Every registered config class by its class name (``PastaConfig`` → class)."""
+    return {spec.config_class.__name__: spec.config_class for spec in _METHODS.values()}
