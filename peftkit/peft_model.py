@@ -80,6 +80,10 @@ def read_adapter_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor
         ) from None
 
 
+def _on_meta_device(model: nn.Module) -> bool:
+    return any(param.is_meta for param in model.parameters())
+
+
 class PeftModel(nn.Module):
     """A frozen backbone plus one peftkit method and the task head."""
 
@@ -88,6 +92,10 @@ class PeftModel(nn.Module):
         spec = spec_for_config(config)
         config = copy.deepcopy(config)  # the adapter may fill in resolved values (special ids)
         model.requires_grad_(False)
+        # Fingerprint the backbone before the method can touch it: BitFit and full
+        # fine-tuning train backbone weights, and the adapter must still match the
+        # pristine base model it will be loaded onto.
+        self.base_model_identity = None if _on_meta_device(model) else backbone_identity(model)
         self.head_modules = head_module_names(model)
         for name in self.head_modules:
             getattr(model, name).requires_grad_(True)
@@ -107,7 +115,11 @@ class PeftModel(nn.Module):
         if args:
             inputs.setdefault("input_ids", args[0])
         with self.adapter.forward_context(inputs):
-            return self.base_model(*args, **kwargs)
+            outputs = self.base_model(*args, **kwargs)
+        extra = self.adapter.extra_loss()
+        if extra is not None and getattr(outputs, "loss", None) is not None:
+            outputs.loss = outputs.loss + extra
+        return outputs
 
     # -- parameters -------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -131,7 +143,7 @@ class PeftModel(nn.Module):
         directory = Path(save_directory)
         tensors = {name: t.contiguous().cpu().clone() for name, t in self.trainable_state_dict().items()}
         atomic_write(directory / ADAPTER_WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        identity = backbone_identity(self.base_model)
+        identity = self.base_model_identity or backbone_identity(self.base_model)
         record = {
             "peft_type": self.peft_config.peft_type,
             "peftkit_method": self.peft_config.method_name,

@@ -62,6 +62,10 @@ class MethodAdapter(nn.Module):
         methods that need per-batch state (PASTA's special-token positions) set it here."""
         return contextlib.nullcontext()
 
+    def extra_loss(self):
+        """A term the method adds to the task loss (LoRA fusion's L1 on its coefficients); None if none."""
+        return None
+
     def merge(self, model: nn.Module) -> nn.Module:
         raise MethodConfigError(
             f"{type(self).__name__} cannot be merged into the backbone's weights; "

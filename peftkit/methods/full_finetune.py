@@ -1,0 +1,43 @@
+"""Full fine-tuning: every weight trains, the baseline every other method is measured against.
+
+``save_pretrained`` writes whatever requires grad, so here the "adapter" file is the whole
+model; weights shared by tying (input/output embeddings) are saved once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from peftkit.methods.base import MethodAdapter, MethodConfig
+from peftkit.methods.registry import register_method
+
+
+@dataclasses.dataclass
+class FullFinetuneConfig(MethodConfig):
+    method_name = "full"
+
+
+class FullFinetuneAdapter(MethodAdapter):
+    """Unfreezes the whole model; owns no parameters of its own."""
+
+    mergeable = True  # the trained weights already are the model's
+    rewrites_backbone_weights = True
+
+    def __init__(self, model: nn.Module, config: FullFinetuneConfig, tokenizer=None):
+        super().__init__(model, config, tokenizer)
+        self._unfrozen = [param for param in model.parameters() if not param.requires_grad]
+        model.requires_grad_(True)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def detach(self, model: nn.Module) -> None:
+        """Freeze again what was frozen before (the head stays trainable, as PeftModel left it)."""
+        for param in self._unfrozen:
+            param.requires_grad_(False)
+        self._unfrozen = []
+
+
+register_method(FullFinetuneConfig, FullFinetuneAdapter)

