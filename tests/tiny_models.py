@@ -76,4 +76,5 @@ def make_bert_tokenizer(directory):
     ]
     vocab = directory / "vocab.txt"
     vocab.write_text("\n".join(words) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    # transformers 5 ignores vocab_file= in the constructor; from_pretrained reads vocab.txt
+    return BertTokenizerFast.from_pretrained(str(directory), do_lower_case=True)

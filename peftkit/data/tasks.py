@@ -170,7 +170,7 @@ def load_task(config: TaskConfig) -> Task:
     if config.kind is not None:
         task_kind(config.kind)
     if not 0.0 < config.validation_fraction < 1.0:
-        raise DataError(f"validation_fraction must be between 0 and 1, got {config.validation_fraction}.")
+        raise DataError(f"--validation-fraction must be between 0 and 1 (exclusive), got {config.validation_fraction}.")
     builtin = BUILTIN_TASKS.get(config.task)
     if builtin is not None:
         if config.kind is not None and config.kind != builtin.kind:
@@ -372,29 +372,43 @@ def check_not_empty(dataset: Dataset, what: str, fix: str = "check the data sour
         raise DataError(f"{what} is empty: it needs at least one example; {fix}.")
 
 
-def stratified_split(dataset: Dataset, fraction: float, seed: int, label_column: str = "label") -> tuple[Dataset, Dataset]:
-    """Seeded train/validation split that keeps each class's share (sklearn's stratified shuffle)."""
+def stratified_split(
+    dataset: Dataset, fraction: float, seed: int, label_column: str = "label", groups: list | None = None
+) -> tuple[Dataset, Dataset]:
+    """Seeded train/validation split that keeps each class's share (sklearn's stratified shuffle).
+
+    Rows with the same ``groups`` key (e.g. the same text) land on the same side, so a
+    duplicated example cannot be both trained on and scored (BBC News has 98 such copies).
+    """
     from sklearn.model_selection import train_test_split
 
     labels = column_values(dataset, label_column)
-    counts = Counter(labels)
+    rows_of_group: dict = {}
+    for row, key in enumerate(groups if groups is not None else range(len(dataset))):
+        rows_of_group.setdefault(key, []).append(row)
+    representatives = [rows[0] for rows in rows_of_group.values()]
+    representative_labels = [labels[row] for row in representatives]
+    counts = Counter(representative_labels)
     names = dataset.features[label_column].names if isinstance(dataset.features[label_column], ClassLabel) else None
     singletons = [names[label] if names else label for label, count in counts.items() if count < 2]
     if singletons:
         raise DataError(
-            f"class(es) {', '.join(map(repr, singletons))} have a single example, so a stratified "
-            "validation split cannot hold them out; add examples or provide a validation file."
+            f"class(es) {', '.join(map(repr, singletons))} have a single (distinct) example, so a "
+            "stratified validation split cannot hold them out; add examples or provide a validation file."
         )
     try:
-        train_rows, validation_rows = train_test_split(
-            np.arange(len(dataset)), test_size=fraction, random_state=seed, stratify=labels
+        train_groups, validation_groups = train_test_split(
+            representatives, test_size=fraction, random_state=seed, stratify=representative_labels
         )
     except ValueError as error:
         raise DataError(
-            f"cannot hold out a stratified {fraction:.0%} validation split of {len(dataset)} examples "
+            f"cannot hold out a stratified {fraction:.0%} validation split of {len(representatives)} examples "
             f"in {len(counts)} classes ({error}); raise --validation-fraction, add examples, or "
             "provide a validation file."
         ) from error
+    group_of_row = {rows[0]: rows for rows in rows_of_group.values()}
+    train_rows = [row for first in train_groups for row in group_of_row[first]]
+    validation_rows = [row for first in validation_groups for row in group_of_row[first]]
     return dataset.select(train_rows), dataset.select(validation_rows)
 
 

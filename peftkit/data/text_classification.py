@@ -73,7 +73,8 @@ def task_from_splits(
     label_names, label_index = label_encoding(train, train_where)
     train = encode_labels(train, label_names, label_index, train_where)
     if validation is None:
-        train, validation = stratified_split(train, config.validation_fraction, config.seed)
+        texts = zip(*(column_values(train, column) for column in ("text", "text_pair") if column in train.column_names))
+        train, validation = stratified_split(train, config.validation_fraction, config.seed, groups=list(texts))
     else:
         validation = normalise_columns(validation, config, validation_where)
         check_not_empty(validation, f"the validation data ({validation_where})", "add examples to it")

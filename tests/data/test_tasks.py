@@ -65,7 +65,7 @@ def test_kind_is_inferred_from_the_data(tmp_path):
         assert load_task(TaskConfig(task=write(tmp_path / name, content))).kind == kind, name
     Dataset.from_dict({"tokens": [["a"], ["b"]], "tags": [["O"], ["B-X"]]}).save_to_disk(str(tmp_path / "ner_saved"))
     assert load_task(TaskConfig(task=str(tmp_path / "ner_saved"))).kind == "token-classification"
-    DatasetDict({"train": Dataset.from_dict({"text": ["a", "b"] * 3, "label": [0, 1] * 3})}).save_to_disk(str(tmp_path / "cls_saved"))
+    DatasetDict({"train": Dataset.from_dict({"text": [f"t{i}" for i in range(6)], "label": [0, 1] * 3})}).save_to_disk(str(tmp_path / "cls_saved"))
     assert load_task(TaskConfig(task=str(tmp_path / "cls_saved"))).kind == "text-classification"
 
 

@@ -58,6 +58,13 @@ def test_stratified_split_is_reproducible_and_seeded(tmp_path):
     assert Counter(list(other.validation["label"])) == {0: 4, 1: 4, 2: 4}
 
 
+def test_duplicated_texts_stay_on_one_side_of_the_split(tmp_path):
+    rows = [row for row in sentiment_rows(10) for _ in range(3)]  # every example three times
+    task = load_task(TaskConfig(task=str(write_csv(tmp_path / "copies.csv", ["text", "label"], rows))))
+    assert len(task.train) + len(task.validation) == 90 and len(task.validation) == 18  # 2 distinct x 3 per class
+    assert not set(task.validation["text"]) & set(task.train["text"])
+
+
 def test_jsonl_with_integer_labels_keeps_their_order_and_names_them(tmp_path):
     records = [{"body": f"review {i}", "stars": stars} for i, stars in enumerate([5, 1, 3] * 4)]
     task = load_task(TaskConfig(task=str(write_jsonl(tmp_path / "stars.jsonl", records)), text_column="body", label_column="stars"))
@@ -72,7 +79,8 @@ def test_jsonl_with_integer_labels_keeps_their_order_and_names_them(tmp_path):
 
 
 def test_sentence_pairs_are_encoded_as_text_and_text_pair(tmp_path, tiny_tokenizer):
-    rows = [("john lives in paris", "john is in paris", "entailment"), ("john is big", "john is a movie", "contradiction")] * 5
+    rows = [(f"john lives in paris {i}", "john is in paris", "entailment") for i in range(5)]
+    rows += [(f"john is big {i}", "john is a movie", "contradiction") for i in range(5)]
     path = write_csv(tmp_path / "nli.csv", ["premise", "hypothesis", "gold"], rows)
     config = TaskConfig(task=str(path), text_column="premise", text_pair_column="hypothesis", label_column="gold")
     task = load_task(config)
@@ -122,7 +130,8 @@ def test_bbc_news_builtin_reads_all_articles():
     task = load_task(TaskConfig(task="bbc-news"))
     assert task.label_names == ["business", "entertainment", "politics", "sports", "tech"]
     assert len(task.train) + len(task.validation) == 2225
-    assert len(task.validation) == 445  # 20%, stratified
+    assert 420 <= len(task.validation) <= 460  # 20% of the 2,127 distinct articles (+ their copies)
+    assert not set(task.validation["text"]) & set(task.train["text"])  # 98 duplicates never straddle
     counts = Counter(list(task.train["label"])) + Counter(list(task.validation["label"]))
     assert counts == {0: 510, 1: 386, 2: 417, 3: 511, 4: 401}
     assert "license" in task.description or "non-commercial" in task.description
@@ -132,7 +141,9 @@ def test_bbc_news_builtin_reads_all_articles():
 
 
 def test_encode_truncates_and_collator_pads(tmp_path, tiny_tokenizer):
-    rows = [("john lives in new york " * 20, "long"), ("a movie", "short")] * 5
+    rows = [(f"{i} " + "john lives in new york " * 20, "long") for i in range(5)] + [
+        (short, "short") for short in ("a movie", "a plot", "the movie", "the plot", "a paris")
+    ]
     task = load_task(TaskConfig(task=str(write_csv(tmp_path / "d.csv", ["text", "label"], rows))))
     train, validation = encode_task(task, tiny_tokenizer, max_length=16)
     lengths = sorted(len(ids) for ids in list(train["input_ids"]))
@@ -199,5 +210,5 @@ def test_rows_without_a_label_and_singleton_classes_are_rejected(tmp_path):
     with pytest.raises(DataError, match=r"1 row\(s\) have no value in column 'label' \(first: data row 2\)"):
         load_task(TaskConfig(task=str(path)))
     path = write_csv(tmp_path / "lonely.csv", ["text", "label"], [*sentiment_rows(3), ("odd one", "rare")])
-    with pytest.raises(DataError, match="'rare' have a single example"):
+    with pytest.raises(DataError, match=r"'rare' have a single \(distinct\) example"):
         load_task(TaskConfig(task=str(path)))
