@@ -150,6 +150,7 @@ class PeftModel(nn.Module):
             **self.peft_config.to_dict(),
             "base_model_name_or_path": identity["name_or_path"],
             "base_model_identity": identity,
+            "task_model_class": type(self.base_model).__name__,
             "head_modules": self.head_modules,
             "task": self.task_info,
         }

@@ -106,6 +106,7 @@ class PastaAdapter(MethodAdapter):
                 f"{len(layers)} (0..{len(layers) - 1})."
             )
         self.special_token_ids = resolve_special_token_ids(model, config, tokenizer)
+        config.special_token_ids = self.special_token_ids  # saved, so loading needs no tokenizer
         self.register_buffer(
             "special_ids", torch.tensor(self.special_token_ids, dtype=torch.long), persistent=False
         )

@@ -199,7 +199,7 @@ def _task_model_class_of(name: str, record: dict, task_model_classes: Mapping[st
     )
 
 
-def _load_pasta_task(name, directory, record, backbone, tokenizer, model_class) -> tuple[_LoadedTask, set[str]]:
+def _load_pasta_task(name, directory, record, backbone, tokenizer, model_class) -> _LoadedTask:
     where = str(directory)
     if record["peftkit_method"] != "pasta":
         raise AdapterMismatchError(
@@ -226,11 +226,10 @@ def _load_pasta_task(name, directory, record, backbone, tokenizer, model_class) 
     head, children, label_names = _build_task_head(backbone, model_class, head_tensors, label_names, where)
     check_backbone_identity(record.get("base_model_identity", {}), _backbone_view(backbone, children), where=where)
     special_ids = resolve_special_token_ids(backbone, config, tokenizer)
-    loaded = _LoadedTask(
+    return _LoadedTask(
         name, "pasta", head, label_names, special_token_table=table,
         adapted_layers=layers, special_token_ids=special_ids,
     )
-    return loaded, children
 
 
 def _load_lora_task(name, directory, record, backbone, model_class) -> _LoadedTask:
@@ -249,7 +248,11 @@ def _load_lora_task(name, directory, record, backbone, model_class) -> _LoadedTa
     tensors = read_adapter_weights(directory)
     prefix = _on_meta(model_class, copy.deepcopy(backbone.config)).base_model_prefix
     backbone_prefix, model_prefix = f"base_model.model.{prefix}.", "base_model.model."
-    lora_tensors = {f"{model_prefix}{k.removeprefix(backbone_prefix)}": v for k, v in tensors.items() if k.startswith(backbone_prefix)}
+    # Saved from the task model (base_model.model.bert.encoder...), loaded around the bare
+    # backbone (base_model.model.encoder...); everything else is the head.
+    lora_tensors = {
+        model_prefix + k.removeprefix(backbone_prefix): v for k, v in tensors.items() if k.startswith(backbone_prefix)
+    }
     head_tensors = {k.removeprefix(model_prefix): v for k, v in tensors.items() if not k.startswith(backbone_prefix)}
     head_tensors = {k.replace(".modules_to_save.", ".", 1): v for k, v in head_tensors.items()}
     if not lora_tensors:
@@ -338,7 +341,7 @@ class MultiTaskModel(nn.Module):
             record = read_adapter_config(directory)
             model_class = _task_model_class_of(name, record, task_model_classes, str(directory))
             if "peftkit_method" in record:
-                task, _ = _load_pasta_task(name, directory, record, backbone, tokenizer, model_class)
+                task = _load_pasta_task(name, directory, record, backbone, tokenizer, model_class)
             elif record.get("peft_type") is not None:
                 task = _load_lora_task(name, directory, record, backbone, model_class)
             else:
@@ -409,6 +412,11 @@ class MultiTaskModel(nn.Module):
 
     def _make_hook(self, layer_index: int):
         def add_task_special_token_vectors(layer, args, kwargs):
+            if self._positions is None:
+                raise SpecialTokenError(
+                    "this backbone serves a MultiTaskModel, whose layers need each row's task: call the "
+                    "MultiTaskModel, or MultiTaskModel.unload() to get the plain backbone back."
+                )
             rows, columns, slots, tasks = self._positions
             # h[row, pos] += table[task_of_row[row], layer, slot]
             delta = self.special_token_tables[tasks, layer_index, slots]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import peft
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig
+from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
 
 import peftkit
-from peftkit.errors import AdapterFileError, AdapterMismatchError, PeftkitError
+from peftkit.errors import AdapterFileError, AdapterMismatchError, PeftkitError, SpecialTokenError
 from peftkit.serving import MultiTaskModel
-from tests.tiny_models import CLS_ID, PAD_ID, SEP_ID, make_tiny_model
+from tests.tiny_models import CLS_ID, FAMILIES, PAD_ID, SEP_ID, make_batch, make_tiny_model, special_ids
 
 TOLERANCE = 1e-5
 
@@ -105,11 +107,15 @@ def pad(rows):
     return input_ids, (input_ids != PAD_ID).long(), [task for _, task in rows]
 
 
+@functools.lru_cache(maxsize=None)
+def single_task_model(directory, token_cls: bool, num_labels: int):
+    """The reference: the task's own PeftModel (peftkit for PASTA, PEFT for LoRA)."""
+    return peftkit.PeftModel.from_pretrained(task_model(token_cls, num_labels), directory).eval()
+
+
 def single_task_logits(directory, token_cls, num_labels, input_ids, attention_mask):
-    """The reference: the task's own PeftModel (peftkit for PASTA, PEFT for LoRA) on these rows alone."""
-    model = peftkit.PeftModel.from_pretrained(task_model(token_cls, num_labels), directory).eval()
     with torch.no_grad():
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return single_task_model(directory, token_cls, num_labels)(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 def assert_rows_match_single_task(model, rows, dirs, specs):
@@ -168,6 +174,34 @@ def test_predictions_name_labels_per_row_and_per_token(pasta_model):
     assert len(predictions[5].label) == 6
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_head_is_fed_what_its_own_model_feeds_it(family, tmp_path):
+    """RoBERTa/DeBERTa/DistilBERT/ELECTRA pool differently; the task model's own forward does it."""
+    references = {}
+    for index, token_cls in enumerate((False, True)):  # sequence task (M=2), token task (M=3)
+        model = make_tiny_model(family, num_labels=2 + index, token_classification=token_cls)
+        shared = make_tiny_model(family).base_model.state_dict()
+        model.base_model.load_state_dict({k: v for k, v in shared.items() if k in model.base_model.state_dict()})
+        config = peftkit.PastaConfig(special_token_ids=special_ids(family), num_special_tokens=2 + index)
+        references[f"task{index}"] = reference = peftkit.get_peft_model(model, config)
+        torch.manual_seed(index)
+        with torch.no_grad():
+            reference.adapter.special_token_embeddings.normal_()
+        reference.task_info = {"kind": "token-classification" if token_cls else "text-classification"}
+        reference.save_pretrained(tmp_path / f"task{index}")
+        reference.eval()
+    served = MultiTaskModel.from_adapters(make_tiny_model(family).base_model, {k: tmp_path / k for k in references})
+    batch = make_batch(family)  # row 0 a pair, row 1 a padded single
+    for tasks in (["task0", "task1"], ["task1", "task0"]):
+        logits = served.task_logits(batch["input_ids"], batch["attention_mask"], tasks)
+        for row, task in enumerate(tasks):
+            with torch.no_grad():
+                expected = references[task](**{k: v[row : row + 1] for k, v in batch.items()}).logits[0]
+            length = int(batch["attention_mask"][row].sum())
+            got, expected = (logits[row][:length], expected[:length]) if expected.dim() == 2 else (logits[row], expected)
+            torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=0)
+
+
 def test_adapter_for_another_backbone_is_rejected(pasta_dirs):
     with pytest.raises(AdapterMismatchError, match="another backbone.*fingerprint"):
         MultiTaskModel.from_adapters(shared_backbone(seed=1), pasta_dirs, task_model_classes=CLASSES)
@@ -195,6 +229,38 @@ def test_adapters_with_other_special_ids_are_rejected(pasta_dirs, tmp_path):
         MultiTaskModel.from_adapters(shared_backbone(), {"sentiment": pasta_dirs["sentiment"], "other": tmp_path})
 
 
+def test_special_ids_not_recorded_come_from_the_tokenizer(bert_tokenizer, tmp_path):
+    """As PeftModel.from_pretrained: an adapter trained with the tokenizer's ids needs it again."""
+    model = task_model(False, 2)
+    saved = peftkit.get_peft_model(model, peftkit.PastaConfig(num_special_tokens=2), tokenizer=bert_tokenizer)
+    with torch.no_grad():
+        saved.adapter.special_token_embeddings.normal_()
+    saved.task_info = {"kind": "text-classification"}
+    saved.save_pretrained(tmp_path)
+    with pytest.raises(SpecialTokenError, match="tokenizer"):
+        MultiTaskModel.from_adapters(shared_backbone(), {"task": tmp_path})
+    served = MultiTaskModel.from_adapters(shared_backbone(), {"task": tmp_path}, tokenizer=bert_tokenizer)
+    assert served.special_token_ids == [CLS_ID, SEP_ID]
+    batch = bert_tokenizer(["the movie was great", "john lives in london"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = saved(**batch).logits
+    got = served.task_logits(batch["input_ids"], batch["attention_mask"], ["task", "task"], batch["token_type_ids"])
+    torch.testing.assert_close(torch.stack(got), expected, atol=TOLERANCE, rtol=0)
+
+
+def test_backbone_is_guarded_while_serving_and_restored_by_unload(pasta_dirs):
+    backbone = shared_backbone()
+    input_ids, attention_mask, _ = pad(mixed_batch())
+    with torch.no_grad():
+        before = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    served = MultiTaskModel.from_adapters(backbone, pasta_dirs, task_model_classes=CLASSES)
+    with pytest.raises(SpecialTokenError, match="call the MultiTaskModel"):
+        backbone(input_ids=input_ids, attention_mask=attention_mask)
+    assert served.unload() is backbone
+    with torch.no_grad():
+        assert torch.equal(backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, before)
+
+
 # -- LoRA through PEFT's mixed batch (adapter_names) -------------------------------------------
 
 
@@ -213,8 +279,6 @@ def test_pasta_and_lora_tasks_share_one_batch(pasta_dirs, lora_dirs):
 
 def test_lora_adapter_for_another_backbone_is_rejected(lora_dirs):
     wider = BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-    from transformers import BertModel
-
     with pytest.raises(AdapterMismatchError, match="does not fit this backbone"):
         MultiTaskModel.from_lora_adapters(BertModel(wider), lora_dirs)
 
