@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from peftkit.errors import AdapterFileError, AdapterMismatchError, MethodConfigError
+from peftkit.errors import AdapterFileError, AdapterMismatchError, MethodConfigError, UnsupportedModelError
 from peftkit.files import atomic_write, atomic_write_json
 from peftkit.methods.base import MethodConfig
 from peftkit.methods.registry import get_method, spec_for_config
@@ -80,8 +80,15 @@ def read_adapter_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor
         ) from None
 
 
-def _on_meta_device(model: nn.Module) -> bool:
-    return any(param.is_meta for param in model.parameters())
+def _identity_or_none(model: nn.Module) -> dict | None:
+    """The backbone's identity now, or None when it cannot be taken yet (meta tensors) or the
+    model is one the method itself will reject with a clearer message."""
+    if any(param.is_meta for param in model.parameters()):
+        return None
+    try:
+        return backbone_identity(model)
+    except UnsupportedModelError:
+        return None
 
 
 class PeftModel(nn.Module):
@@ -95,7 +102,7 @@ class PeftModel(nn.Module):
         # Fingerprint the backbone before the method can touch it: BitFit and full
         # fine-tuning train backbone weights, and the adapter must still match the
         # pristine base model it will be loaded onto.
-        self.base_model_identity = None if _on_meta_device(model) else backbone_identity(model)
+        self.base_model_identity = _identity_or_none(model)
         self.head_modules = head_module_names(model)
         for name in self.head_modules:
             getattr(model, name).requires_grad_(True)
@@ -112,8 +119,8 @@ class PeftModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         inputs = dict(kwargs)
-        if args:
-            inputs.setdefault("input_ids", args[0])
+        if args:  # a positional first argument is the model's main input (input_ids, pixel_values)
+            inputs.setdefault(getattr(self.base_model, "main_input_name", "input_ids"), args[0])
         with self.adapter.forward_context(inputs):
             outputs = self.base_model(*args, **kwargs)
         extra = self.adapter.extra_loss()

@@ -76,6 +76,11 @@ def read_image_folder(path: Path) -> tuple[Dataset, Dataset | None]:
             f"could not read {path} as an image folder ({error}). Lay it out as "
             f"{path}/<label>/<image>.png (or .jpg), one sub-folder per class."
         ) from error
+    if "train" not in splits:
+        raise DataError(
+            f"{path} has split folders {', '.join(splits)} but no train/; put the training images in "
+            f"{path}/train/<label>/ (and validation images in {path}/validation/<label>/)."
+        )
     if "label" not in splits["train"].column_names:
         raise DataError(
             f"{path} has its images directly in the folder, so there are no labels: put each class's "
@@ -306,6 +311,15 @@ def processor_channels(image_processor) -> int:
     return len(mean) if isinstance(mean, (list, tuple)) else 3
 
 
+def image_mode(image_processor, num_channels: int | None = None) -> str:
+    """The PIL mode to convert images to before the processor: "L", "RGB" or "RGBA"."""
+    channels = num_channels or processor_channels(image_processor)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
+    if mode is None:
+        raise DataError(f"cannot make {channels}-channel images; models take 1 (grayscale), 3 (RGB) or 4 (RGBA).")
+    return mode
+
+
 def image_processor_for(model_config):
     """A ViT image processor matching a model config (for checkpoints saved without one)."""
     from transformers import ViTImageProcessor
@@ -325,10 +339,7 @@ def encode_image_task(task: Task, image_processor, max_length: int | None = None
     ``num_channels`` (default: what the processor normalises) decides the colour mode: 3 turns
     grayscale into RGB, 1 turns colour into grayscale. ``max_length`` is unused (text only).
     """
-    channels = num_channels or processor_channels(image_processor)
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
-    if mode is None:
-        raise DataError(f"cannot make {channels}-channel images; models take 1 (grayscale), 3 (RGB) or 4 (RGBA).")
+    mode = image_mode(image_processor, num_channels)
     probe = image_processor(images=[task.train[0]["image"].convert(mode)], return_tensors="np")["pixel_values"]
     features = Features({"pixel_values": Array3D(shape=probe.shape[1:], dtype="float32"), "labels": Value("int64")})
 

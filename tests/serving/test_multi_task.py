@@ -229,17 +229,15 @@ def test_adapters_with_other_special_ids_are_rejected(pasta_dirs, tmp_path):
         MultiTaskModel.from_adapters(shared_backbone(), {"sentiment": pasta_dirs["sentiment"], "other": tmp_path})
 
 
-def test_special_ids_not_recorded_come_from_the_tokenizer(bert_tokenizer, tmp_path):
-    """As PeftModel.from_pretrained: an adapter trained with the tokenizer's ids needs it again."""
+def test_special_ids_resolved_from_the_tokenizer_are_recorded(bert_tokenizer, tmp_path):
+    """Ids the adapter took from the tokenizer are saved, so serving needs no tokenizer."""
     model = task_model(False, 2)
     saved = peftkit.get_peft_model(model, peftkit.PastaConfig(num_special_tokens=2), tokenizer=bert_tokenizer)
     with torch.no_grad():
         saved.adapter.special_token_embeddings.normal_()
     saved.task_info = {"kind": "text-classification"}
     saved.save_pretrained(tmp_path)
-    with pytest.raises(SpecialTokenError, match="tokenizer"):
-        MultiTaskModel.from_adapters(shared_backbone(), {"task": tmp_path})
-    served = MultiTaskModel.from_adapters(shared_backbone(), {"task": tmp_path}, tokenizer=bert_tokenizer)
+    served = MultiTaskModel.from_adapters(shared_backbone(), {"task": tmp_path})
     assert served.special_token_ids == [CLS_ID, SEP_ID]
     batch = bert_tokenizer(["the movie was great", "john lives in london"], padding=True, return_tensors="pt")
     with torch.no_grad():

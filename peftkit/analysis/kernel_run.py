@@ -1,0 +1,346 @@
+"""``peftkit kernel``: how well does the empirical NTK predict fine-tuning on a task?
+
+Takes a few-shot sample of a text-classification task, computes the train×train and
+eval×train kernels of f (prompt-based label-word logits, or [CLS]-head logits) over all
+parameters or over the parameters a method trains, predicts the evaluation labels with a
+kernel solver, and sets that accuracy beside the model's accuracy before training (f0) and
+after fine-tuning the same parameters on the same examples (given, or a short run here).
+Writes ``kernels.safetensors`` (reused by later runs with the same model, data and kernel),
+``kernel_results.json`` and ``kernel_plot.png`` to ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from peftkit.analysis.kernel_solvers import solve_kernel
+from peftkit.analysis.ntk import KERNELS, cached_ntk, empirical_ntk, examples_fingerprint, select_parameters, trace_kernel
+from peftkit.analysis.prompting import (
+    DEFAULT_PAIR_TEMPLATE,
+    DEFAULT_TEMPLATE,
+    ClassifierOutput,
+    PromptOutput,
+    collate_examples,
+    encode_classification,
+    encode_prompt,
+    label_word_ids,
+    linear_probe_head,
+)
+from peftkit.errors import DataError, PeftkitError
+from peftkit.files import atomic_write, atomic_write_json
+from peftkit.models import backbone_identity, head_module_names
+
+FORMULATIONS = ("prompt", "cls")
+# Adam learning rates of the short fine-tune without a method (a method uses its recipe's), by
+# parameter subset: full fine-tuning's few-shot rate (Malladi et al. grid 1e-5..5e-5) for the
+# backbone, BitFit's for the biases.
+FINETUNE_LEARNING_RATES = {"all": 1e-5, "no-embeddings": 1e-5, "biases": 1e-3, "trainable": 1e-5}
+KERNEL_FILE, RESULTS_FILE, PLOT_FILE = "kernels.safetensors", "kernel_results.json", "kernel_plot.png"
+
+
+def few_shot_indices(labels: Sequence[int], count: int, seed: int, *, balanced: bool) -> list[int]:
+    """``count`` seeded indices; ``balanced`` takes the classes in turn (k-shot per class)."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    if not balanced:
+        return sorted(order[:count].tolist())
+    by_class: dict[int, list[int]] = {}
+    for index in order.tolist():
+        by_class.setdefault(int(labels[index]), []).append(index)
+    chosen: list[int] = []
+    queues = [by_class[label] for label in sorted(by_class)]
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return sorted(chosen)
+
+
+def _load_model(model_path: str, formulation: str, num_labels: int):
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if formulation == "prompt":
+        model, info = AutoModelForMaskedLM.from_pretrained(model_path, output_loading_info=True)
+    else:
+        model, info = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, output_loading_info=True)
+    return tokenizer, model, sorted(info.get("missing_keys", []))
+
+
+def wrap_with_method(model: nn.Module, method: str, task_info: dict[str, Any], tokenizer, formulation: str,
+                     options: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` wrapped with the method's recipe config (and that config, JSON-able).
+
+    In the prompt formulation only the method's own parameters train: the MLM head is pretrained.
+    """
+    import peftkit
+    from peftkit.recipes import build_method_config
+
+    heads = set(head_module_names(model))
+    config = build_method_config(method, model, task_info, dict(options or {}))
+    wrapped = peftkit.get_peft_model(model, config, tokenizer=tokenizer)
+    if formulation == "prompt":
+        # Wrappers unfreeze (or copy, PEFT's modules_to_save) the modules around the backbone as
+        # a new task head; for a masked LM that is the pretrained MLM head, and tied to it the
+        # word embeddings: freeze them again, by module so that the tied tensor is included.
+        for name, module in wrapped.named_modules():
+            if name.rsplit(".", 1)[-1] in heads:
+                module.requires_grad_(False)
+    config_record = config.to_dict() if hasattr(config, "to_dict") else {}
+    return wrapped, json.loads(json.dumps(config_record, default=str))
+
+
+def _accuracy(outputs: torch.Tensor, labels: np.ndarray) -> float:
+    predictions = (outputs[:, 0] > 0).long() if outputs.shape[1] == 1 else outputs.argmax(1)
+    return float((predictions.numpy() == labels).mean())
+
+
+def short_finetune(output_model: nn.Module, parameters: str, train_examples, train_labels: np.ndarray, eval_examples,
+                   eval_labels: np.ndarray, *, steps: int, learning_rate: float, pad_token_id: int,
+                   batch_size: int = 8, seed: int = 0) -> float:
+    """Adam on exactly the kernel's parameters, same f, same examples; returns eval accuracy."""
+    selected = select_parameters(output_model, parameters)
+    flags = {name: p.requires_grad for name, p in output_model.named_parameters()}
+    for p in output_model.parameters():
+        p.requires_grad_(False)
+    for p in selected.values():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(selected.values(), lr=learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(train_labels)
+    was_training = output_model.training
+    output_model.train()
+    try:
+        for _ in range(steps):
+            batch = torch.randperm(len(train_examples), generator=generator)[:batch_size].tolist()
+            outputs = output_model(**collate_examples([train_examples[i] for i in batch], pad_token_id))
+            if outputs.shape[1] == 1:  # binary: f is the logit difference
+                loss = nn.functional.binary_cross_entropy_with_logits(outputs[:, 0], labels[batch].to(outputs.dtype))
+            else:
+                loss = nn.functional.cross_entropy(outputs, labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        output_model.eval()
+        with torch.no_grad():
+            eval_outputs = torch.cat([output_model(**example) for example in eval_examples])
+    finally:
+        output_model.train(was_training)
+        for name, p in output_model.named_parameters():
+            p.requires_grad_(flags[name])
+    return _accuracy(eval_outputs, eval_labels)
+
+
+def plot_kernel_results(kernel: torch.Tensor, labels: np.ndarray, accuracies: dict[str, float], path, *, title: str) -> None:
+    """Left: the train×train kernel (trace over outputs, examples sorted by label). Right: accuracies."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    order = np.argsort(labels, kind="stable")
+    matrix = trace_kernel(kernel)[order][:, order].numpy()
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    heat_axes, bar_axes = figure.subplots(1, 2, width_ratios=[1, 1.2])
+    image = heat_axes.imshow(matrix, cmap="viridis")
+    figure.colorbar(image, ax=heat_axes, shrink=0.8)
+    boundaries = np.flatnonzero(np.diff(labels[order])) + 0.5
+    for boundary in boundaries:
+        heat_axes.axhline(boundary, color="white", linewidth=0.8)
+        heat_axes.axvline(boundary, color="white", linewidth=0.8)
+    heat_axes.set(title="train × train kernel (sorted by label)", xlabel="train example", ylabel="train example")
+    names, values = list(accuracies), [100 * v for v in accuracies.values()]
+    colours = {"kernel": "tab:blue", "f0": "tab:gray", "fine-tuning": "tab:orange", "majority": "lightgray"}
+    bars = bar_axes.bar(names, values, color=[colours.get(name.split(" ")[0], "tab:green") for name in names])
+    bar_axes.bar_label(bars, fmt="%.1f")
+    bar_axes.set(ylim=(0, 105), ylabel="eval accuracy (%)", title="kernel vs. model")
+    bar_axes.tick_params(axis="x", labelrotation=15)
+    figure.suptitle(title)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+
+
+def run_kernel(
+    model_path: str,
+    task_config=None,
+    method: str | None = None,
+    kernel: str = "sgd",
+    formulation: str = "prompt",
+    parameters: str | None = None,
+    template: str | None = None,
+    label_words: Sequence[str] | None = None,
+    solver: str = "logistic",
+    ridge: float = 0.0,
+    subtract_f0: bool = False,
+    num_train: int = 16,
+    num_eval: int = 64,
+    chunk_size: int = 8,
+    output_dir: str | os.PathLike = "kernel-run",
+    finetune_accuracy: float | None = None,
+    finetune_steps: int = 0,
+    finetune_learning_rate: float | None = None,
+    method_options: dict[str, Any] | None = None,
+    head_init: str = "linear-probe",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Kernel accuracy vs. f0 and fine-tuning accuracy on a few-shot sample; returns the results dict.
+
+    ``parameters`` defaults to "trainable" (the method's parameters) with a method and "all"
+    without. ``label_words`` default to the task's label names. ``finetune_steps`` > 0 runs a
+    short Adam fine-tune of the same parameters when ``finetune_accuracy`` is not given.
+    ``head_init`` (cls formulation): "linear-probe" sets a new head to logistic regression on
+    frozen features before the kernel is taken (the official ``--from_linearhead``: with a random
+    head the backbone's gradients pass through random weights); "random" keeps the random head.
+    A head the checkpoint already has is kept. Either way the head is among the kernel's
+    parameters whenever it trains (all parameters, or a method that trains the head).
+    """
+    from peftkit.data import TEXT_CLASSIFICATION, TaskConfig, load_task, majority_baseline
+    from peftkit.recipes import recipe
+
+    if formulation not in FORMULATIONS:
+        raise PeftkitError(f"unknown formulation {formulation!r}; use one of {', '.join(FORMULATIONS)}.")
+    if kernel not in KERNELS:
+        raise PeftkitError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}.")
+    if head_init not in ("linear-probe", "random"):
+        raise PeftkitError(f"head_init must be 'linear-probe' or 'random', not {head_init!r}.")
+    parameters = parameters or ("trainable" if method else "all")
+    task = load_task(task_config or TaskConfig())
+    if task.kind != TEXT_CLASSIFICATION:
+        raise DataError(f"the kernel view needs a text-classification task; {task.name} is {task.kind}.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    train_rows = few_shot_indices(task.train["label"], num_train, seed, balanced=True)
+    eval_rows = few_shot_indices(task.validation["label"], num_eval, seed, balanced=False)
+    train_split, eval_split = task.train.select(train_rows), task.validation.select(eval_rows)
+    train_labels, eval_labels = np.asarray(train_split["label"]), np.asarray(eval_split["label"])
+    binary = task.num_labels == 2
+    tokenizer, model, missing_keys = _load_model(model_path, formulation, task.num_labels)
+    pair_column = "text_pair" if task.is_pair else None
+
+    def encode(split) -> list[dict[str, torch.Tensor]]:
+        pairs = split[pair_column] if pair_column else [None] * len(split)
+        if formulation == "prompt":
+            return [encode_prompt(tokenizer, template_used, text, pair, max_length=task.max_length) for text, pair in zip(split["text"], pairs)]
+        return [encode_classification(tokenizer, text, pair, max_length=task.max_length) for text, pair in zip(split["text"], pairs)]
+
+    template_used = template or (DEFAULT_PAIR_TEMPLATE if task.is_pair else DEFAULT_TEMPLATE)
+    words = list(label_words) if label_words else list(task.label_names)
+    train_examples, eval_examples = encode(train_split), encode(eval_split)
+    notes: list[str] = []
+    probe_accuracy = None
+    if formulation == "prompt":
+        if len(words) != task.num_labels:
+            raise PeftkitError(f"{len(words)} label words for {task.num_labels} classes ({task.label_names}).")
+        word_ids = label_word_ids(tokenizer, words)
+        head_missing = [key for key in missing_keys if not key.startswith(model.base_model_prefix + ".")]
+        if head_missing:
+            notes.append(
+                f"{model_path} ships no pretrained masked-LM head ({', '.join(head_missing[:3])}, ... were "
+                "initialised at random), so the label-word logits go through a random transform."
+            )
+    elif head_init == "linear-probe":
+        heads = head_module_names(model)
+        if any(key.split(".")[0] in heads for key in missing_keys):  # a new, random head
+            probe_accuracy = linear_probe_head(model, train_examples, train_labels, tokenizer.pad_token_id)
+        else:
+            notes.append(f"{model_path} has a trained classification head; it was kept, not linear-probed.")
+
+    identity = backbone_identity(model)
+    method_config: dict[str, Any] = {}
+    if method:
+        model, method_config = wrap_with_method(model, method, task.to_info(), tokenizer, formulation, method_options)
+    output_model = PromptOutput(model, word_ids, binary=binary) if formulation == "prompt" else ClassifierOutput(model, binary=binary)
+
+    spec = {
+        "model": identity,
+        "method": method,
+        "method_config": method_config,
+        "formulation": formulation,
+        "template": template_used if formulation == "prompt" else None,
+        "label_words": words if formulation == "prompt" else None,
+        "head_init": head_init if formulation == "cls" else None,
+        "kernel": kernel,
+        "parameters": parameters,
+        "examples": examples_fingerprint(train_examples + eval_examples),
+        "num_train": len(train_examples),
+        "seed": seed,  # random heads (a missing MLM head, head_init="random") depend on it
+    }
+    started = time.perf_counter()
+    ntk, reused = cached_ntk(
+        output_dir / KERNEL_FILE,
+        spec,
+        lambda: empirical_ntk(output_model, train_examples, eval_examples, parameters=parameters, kernel=kernel,
+                              chunk_size=chunk_size, progress=progress),
+    )
+    kernel_seconds = time.perf_counter() - started
+    solution = solve_kernel(
+        ntk.train_train, train_labels, ntk.eval_train, eval_labels, solver=solver, ridge=ridge,
+        subtract_f0=subtract_f0, train_outputs=ntk.train_outputs, eval_outputs=ntk.eval_outputs,
+    )
+    f0_accuracy = _accuracy(ntk.eval_outputs, eval_labels)
+    finetune_source = "given" if finetune_accuracy is not None else None
+    if finetune_accuracy is None and finetune_steps > 0:
+        learning_rate = finetune_learning_rate or (
+            recipe(method)["learning_rate"] if method else FINETUNE_LEARNING_RATES[parameters]
+        )
+        finetune_accuracy = short_finetune(
+            output_model, parameters, train_examples, train_labels, eval_examples, eval_labels,
+            steps=finetune_steps, learning_rate=learning_rate, pad_token_id=tokenizer.pad_token_id, seed=seed,
+        )
+        finetune_source = f"computed: {finetune_steps} Adam steps at lr {learning_rate:g}, batch 8"
+    majority = float(np.bincount(eval_labels, minlength=task.num_labels).max() / len(eval_labels))
+
+    accuracies = {f"kernel ({solver})": solution.accuracy, "f0 (before training)": f0_accuracy}
+    if finetune_accuracy is not None:
+        accuracies["fine-tuning"] = float(finetune_accuracy)
+    accuracies["majority class"] = majority
+    results = {
+        "model": str(model_path),
+        "task": task.name,
+        "label_names": list(task.label_names),
+        "formulation": formulation,
+        "method": method,
+        "method_config": method_config,
+        "parameters": parameters,
+        "num_kernel_parameters": ntk.num_parameters,
+        "kernel": kernel,
+        "solver": solver,
+        "ridge": ridge,
+        "subtract_f0": subtract_f0,
+        "template": spec["template"],
+        "label_words": spec["label_words"],
+        "head_init": spec["head_init"],
+        "linear_probe_train_accuracy": probe_accuracy,
+        "binary": binary,
+        "num_outputs": ntk.num_outputs,
+        "num_train": len(train_examples),
+        "num_eval": len(eval_examples),
+        "seed": seed,
+        "kernel_accuracy": solution.accuracy,
+        "kernel_train_accuracy": solution.train_accuracy,
+        "f0_accuracy": f0_accuracy,
+        "finetune_accuracy": finetune_accuracy,
+        "finetune_source": finetune_source,
+        "majority_baseline": majority,
+        "validation_majority_baseline": majority_baseline(task),
+        "kernel_seconds": kernel_seconds,
+        "kernel_reused": reused,
+        "gradient_passes": ntk.metadata.get("gradient_passes"),
+        "kernel_file": str(output_dir / KERNEL_FILE),
+        "plot": str(output_dir / PLOT_FILE),
+        "notes": notes,
+    }
+    plot_kernel_results(
+        ntk.train_train, train_labels, accuracies, output_dir / PLOT_FILE,
+        title=f"{task.name}: {kernel} kernel, {formulation}, {method or parameters} ({ntk.num_parameters:,} params)",
+    )
+    atomic_write_json(output_dir / RESULTS_FILE, results)
+    return results
