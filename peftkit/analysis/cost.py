@@ -13,7 +13,8 @@ here comes from the adapter directory and the method's declared attributes
 * backbone weights rewritten per task switch: for a method that trains backbone weights, the
   backbone tensors its file stores; for a merged adapter, the backbone tensors its ``merge``
   writes (counted by the in-place version counter of every backbone tensor during a merge on a
-  freshly built model, so no method has to declare its targets); for a PEFT LoRA directory,
+  freshly built model, so no method has to declare its targets; an adapter that stores nothing
+  but the head merges nothing); for a PEFT LoRA directory,
   out × in of every module its safetensors adapts.
 """
 
@@ -126,12 +127,12 @@ def cost_report(adapter_dir: str | os.PathLike, merged: bool = False, model: nn.
         if rewrites:  # the trained backbone tensors themselves are what a switch must write back
             rewritten = sum(_numel(shapes[key]) for key in backbone_keys)
             rewritten_tensors = len(backbone_keys)
-        elif merged and mergeable:
-            rewritten, rewritten_tensors = weights_written_by_merge(
-                record, model if model is not None else build_base_model(record))
-        elif merged:
+        elif merged and not mergeable:
             report["notes"].append(f"{record['peftkit_method']} cannot be merged; it always stays beside the backbone")
             report["merged"] = False
+        elif merged and set(shapes) - head_keys:  # a head-only adapter merges nothing
+            rewritten, rewritten_tensors = weights_written_by_merge(
+                record, model if model is not None else build_base_model(record))
     else:  # a PEFT directory (LoRA and friends)
         peft_type = str(record.get("peft_type", "unknown")).lower()
         head_keys = {key for key in shapes if "lora_" not in key}  # modules_to_save: the task head

@@ -209,7 +209,7 @@ def _find_linear(model: nn.Module, module_path: str, directory: str) -> tuple[st
     """The model's nn.Linear a pool key names, whether the pool was trained on this task model
     (``bert.encoder...``) or on its bare backbone (``encoder...``)."""
     prefix = getattr(model, "base_model_prefix", "") or ""
-    candidates = [module_path, f"{prefix}.{module_path}", module_path.removeprefix(f"{prefix}.")]
+    candidates = [module_path, f"{prefix}.{module_path}", module_path.removeprefix(f"{prefix}.")] if prefix else [module_path]
     for name in dict.fromkeys(candidates):
         try:
             module = model.get_submodule(name)
@@ -300,10 +300,12 @@ class LoraFusionAdapter(MethodAdapter):
         config.pool = [entry.directory for entry in pool]
         config.pool_sha256 = [entry.sha256 for entry in pool]
 
-        targets = {}  # model path → (linear, pool module path)
-        for module_path in sorted(pool[0].factors):
+        targets = {}  # model path → (linear, pool module path), in the model's module order
+        for module_path in pool[0].factors:
             name, linear = _find_linear(model, module_path, pool[0].directory)
             targets[name] = (linear, module_path)
+        order = {name: index for index, (name, _) in enumerate(model.named_modules())}
+        targets = dict(sorted(targets.items(), key=lambda item: order[item[0]]))
         block_of = self._blocks(model, targets)
         blocks = sorted(set(block_of.values()))
 
@@ -333,9 +335,11 @@ class LoraFusionAdapter(MethodAdapter):
                 )
             self.pool[key] = PoolFactors(lora_A, lora_B, scaling.clone(), blocks.index(block_of[name]))
             self.magnitudes[key] = nn.Parameter(torch.ones(linear.out_features, **factory))
+        # Swap the linears only once every check passed, so a refused pool leaves the model as it was.
+        for name, (linear, _) in targets.items():
             parent_name, _, child_name = name.rpartition(".")
             parent = model.get_submodule(parent_name)
-            setattr(parent, child_name, FusedLoraLinear(linear, self, key))
+            setattr(parent, child_name, FusedLoraLinear(linear, self, name.replace(".", "-")))
             self._replaced.append((parent, child_name))
         self.blocks = blocks
         self._init_magnitudes(config.magnitude_init)

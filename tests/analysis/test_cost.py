@@ -93,6 +93,12 @@ def test_bitfit_rewrites_all_biases_and_full_rewrites_everything(tmp_path):
     assert full["trainable_parameters"] == BACKBONE + HEAD
 
 
+def test_linear_probe_merged_rewrites_nothing_without_building_a_model(tmp_path):
+    report = cost_report(save_peftkit(tmp_path, "linear", peftkit.LinearProbeConfig()), merged=True)
+    assert report["trainable_parameters"] == report["head_parameters"] == HEAD
+    assert report["merged"] is True and report["backbone_weights_rewritten_per_switch"] == 0
+
+
 def test_wegeft_rewrites_its_target_matrices_only_when_merged(tmp_path):
     model = AutoModelForSequenceClassification.from_config(tiny().config)
     model.save_pretrained(tmp_path / "base")  # so the adapter records a base model path
