@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -170,9 +171,10 @@ def load_checkpoint(checkpoint_dir: str | os.PathLike, *, model: nn.Module, opti
         optimizer_state = torch.load(checkpoint_dir / OPTIMIZER_FILE, weights_only=True)
         scheduler_state = torch.load(checkpoint_dir / SCHEDULER_FILE, weights_only=True)
         rng_state = torch.load(checkpoint_dir / RNG_FILE, weights_only=True)
-    except (OSError, RuntimeError, ValueError) as error:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
         raise TrainingError(
-            f"the checkpoint in {checkpoint_dir} is incomplete or corrupt ({error}); "
+            f"the checkpoint in {checkpoint_dir} is incomplete or corrupt "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:160]}); "
             "start again with --overwrite."
         ) from None
     params = trainable_parameters(model)

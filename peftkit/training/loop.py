@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +27,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
-from transformers.trainer_pt_utils import get_parameter_names
 
 from peftkit.errors import TrainingError
 from peftkit.files import atomic_write_json, ensure_output_dir
@@ -133,11 +133,16 @@ def _check_config(config: TrainingConfig) -> None:
 
 
 def _optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups over the parameters that require grad; no decay on biases and norms
-    (the same rule as transformers.Trainer)."""
-    decay_names = set(
-        get_parameter_names(model, [nn.LayerNorm], [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"])
-    )
+    """AdamW groups over the parameters that require grad; no decay on biases and norm
+    weights (the rule transformers.Trainer uses)."""
+    no_decay = {
+        f"{module_name}.{param_name}" if module_name else param_name
+        for module_name, module in model.named_modules()
+        for param_name, _ in module.named_parameters(recurse=False)
+        if isinstance(module, nn.LayerNorm)
+        or param_name == "bias"
+        or re.search(r"layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)", f"{module_name}.{param_name}".lower())
+    }
     trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
     if not trainable:
         raise TrainingError(
@@ -145,8 +150,8 @@ def _optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
             "wrap it with peftkit.get_peft_model(model, config) first."
         )
     groups = [
-        {"params": [p for n, p in trainable if n in decay_names], "weight_decay": weight_decay},
-        {"params": [p for n, p in trainable if n not in decay_names], "weight_decay": 0.0},
+        {"params": [p for n, p in trainable if n not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in trainable if n in no_decay], "weight_decay": 0.0},
     ]
     return [group for group in groups if group["params"]]
 

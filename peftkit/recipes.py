@@ -1,0 +1,120 @@
+"""Recipes: per-method training defaults, as data, and the method config for a model × task.
+
+A PASTA learning rate is far higher than fine-tuning's: the official scripts use 2.5e-4 at
+batch 32 on bert-large GLUE and 3e-3 on CoNLL NER; a small model (MiniLM, 6 × 384) wants a few
+e-3. Full fine-tuning moves every weight and wants ~5e-5; a linear probe trains only the head
+and takes ~1e-2. The numbers below are starting points that train well on this project's
+shipped tasks; every one can be overridden from the command line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peftkit.errors import MethodConfigError
+from peftkit.methods import get_method, method_names
+from peftkit.models import head_module_names
+from peftkit.training import TrainingConfig
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # PASTA, MiniLM-L6 on BBC News (1,780 training articles, 128 tokens, batch 32, 5 epochs),
+    # best validation accuracy: lr 3e-2 → 0.973, 1e-2 → 0.966; 3e-3 reached only 0.50 in 40
+    # steps on a 640-article subset (1e-2: 0.93, 3e-2: 0.94). Four epochs keep the embedded
+    # default well inside 10 minutes on two CPU cores.
+    "pasta": {"learning_rate": 3e-2, "epochs": 4, "batch_size": 32},
+    "lora": {"learning_rate": 1e-3, "epochs": 5, "batch_size": 32},
+    "wegeft": {"learning_rate": 1e-3, "epochs": 5, "batch_size": 32},
+    "bitfit": {"learning_rate": 1e-3, "epochs": 5, "batch_size": 32},
+    "linear": {"learning_rate": 1e-2, "epochs": 5, "batch_size": 32},
+    "full": {"learning_rate": 5e-5, "epochs": 3, "batch_size": 32},
+    # VPT's paper tunes SGD over a grid; with AdamW a few e-3 trains prompts + head on small ViTs.
+    "vpt": {"learning_rate": 5e-3, "epochs": 5, "batch_size": 32},
+    # LoRAFusion: Adam, 0.02 for the fusion coefficients, 0.005 for the magnitudes; one rate here.
+    "lora-fusion": {"learning_rate": 5e-3, "epochs": 5, "batch_size": 32},
+}
+
+# Attention projections LoRA adapts by default, per transformers model_type (query and value,
+# as in the LoRA paper). Other families: give target_modules in --method-options.
+LORA_TARGET_MODULES: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "camembert": ["query", "value"],
+    "electra": ["query", "value"],
+    "vit": ["query", "value"],
+    "deit": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "deberta": ["in_proj"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+}
+LORA_DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1}
+
+_PEFT_TASK_TYPES = {"text-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS"}
+
+
+def canonical_method(method: str) -> str:
+    """The registry name of ``method`` ("PASTA", "linear_probe" → ...), or "lora"."""
+    if method.lower() == "lora":
+        return "lora"
+    try:
+        return get_method(method).name
+    except MethodConfigError:
+        raise MethodConfigError(
+            f"unknown method {method!r}; peftkit trains {', '.join(sorted({*method_names(), 'lora'}))}."
+        ) from None
+
+
+def recipe(method: str) -> dict[str, Any]:
+    """The default learning rate, epochs and batch size of ``method``."""
+    name = canonical_method(method)
+    if name not in RECIPES:
+        raise MethodConfigError(
+            f"no recipe for method {name!r}; pass --learning-rate, --epochs and --batch-size, "
+            "or add an entry to peftkit.recipes.RECIPES."
+        )
+    return dict(RECIPES[name])
+
+
+def training_config(method: str, **overrides: Any) -> TrainingConfig:
+    """A TrainingConfig from the method's recipe; ``overrides`` that are not None win."""
+    values = recipe(method)
+    values.update({name: value for name, value in overrides.items() if value is not None})
+    return TrainingConfig(**values)
+
+
+def build_method_config(method: str, model, task_info: dict[str, Any], options: dict[str, Any] | None = None):
+    """The config that adapts ``model`` to a task: a peftkit MethodConfig from the registry, or
+    a ``peft.LoraConfig`` for "lora". ``options`` are the method's own fields (``--method-options``)."""
+    options = dict(options or {})
+    name = canonical_method(method)
+    if name == "lora":
+        return _lora_config(model, task_info, options)
+    spec = get_method(name)
+    if name == "pasta" and "num_special_tokens" not in options:
+        # The official scripts: [CLS] + [SEP] for single sentences, [CLS] + 2 × [SEP] for pairs.
+        options["num_special_tokens"] = 3 if task_info.get("is_pair") else 2
+    return spec.config_class.from_dict(options)
+
+
+def _lora_config(model, task_info: dict[str, Any], options: dict[str, Any]):
+    from peft import LoraConfig
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    values: dict[str, Any] = dict(LORA_DEFAULTS)
+    if "target_modules" not in options:
+        if model_type not in LORA_TARGET_MODULES:
+            raise MethodConfigError(
+                f"LoRA has no default target modules for model_type {model_type!r}; give them, "
+                "e.g. --method-options '{\"target_modules\": [\"query\", \"value\"]}'."
+            )
+        values["target_modules"] = list(LORA_TARGET_MODULES[model_type])
+    values["modules_to_save"] = head_module_names(model) or None
+    values["task_type"] = _PEFT_TASK_TYPES.get(task_info.get("kind"))
+    values.update(options)
+    try:
+        return LoraConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise MethodConfigError(f"bad LoRA options {options}: {error}") from None

@@ -1,0 +1,195 @@
+"""The ``peftkit`` command end to end, on a tiny BERT and tiny CSV/CoNLL files (offline)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import BertConfig, BertModel
+
+from peftkit.cli import EVAL_METRICS_FILE, TASK_INFO_FILE, main, normalise_argv, predict_command
+from tests.tiny_models import make_bert_tokenizer
+
+POSITIVE = ["the movie was great", "a good plot", "the actor was good", "great movie", "a great actor", "good good movie"]
+NEGATIVE = ["the movie was terrible", "a bad plot", "the actor was bad", "terrible movie", "a bad actor", "bad bad plot"]
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT backbone and its word-level tokenizer, saved like a hub checkpoint."""
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, initializer_range=0.3,
+    )
+    BertModel(config).save_pretrained(directory)
+    make_bert_tokenizer(directory).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def sentiment_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("sentiment")
+    for split, repeat in (("train", 3), ("validation", 1)):
+        rows = ["text,label"] + [f"{t},pos" for t in POSITIVE * repeat] + [f"{t},neg" for t in NEGATIVE * repeat]
+        (directory / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def ner_file(tmp_path_factory) -> Path:
+    sentences = [
+        [("john", "B-PER"), ("lives", "O"), ("in", "O"), ("london", "B-LOC")],
+        [("john", "B-PER"), ("works", "O"), ("at", "O"), ("google", "B-ORG")],
+        [("the", "O"), ("actor", "O"), ("lives", "O"), ("in", "O"), ("paris", "B-LOC")],
+    ] * 4
+    path = tmp_path_factory.mktemp("ner") / "ner.conll"
+    path.write_text("\n\n".join("\n".join(f"{w}\t{t}" for w, t in sentence) for sentence in sentences) + "\n")
+    return path
+
+
+def train_args(model_dir, task, output, *extra) -> list[str]:
+    return [
+        "train", "--model", str(model_dir), "--task", str(task), "--output", str(output),
+        "--epochs", "2", "--batch-size", "4", "--max-length", "16", *extra,
+    ]
+
+
+def test_train_eval_predict_a_pasta_adapter(model_dir, sentiment_dir, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert main(train_args(model_dir, sentiment_dir, output, "--learning-rate", "0.03")) == 0
+    printed = capsys.readouterr().out
+    assert "trainable params:" in printed
+    assert "validation accuracy:" in printed and "majority-class baseline: 0.5000" in printed
+
+    config = json.loads((output / "adapter_config.json").read_text())
+    assert config["peftkit_method"] == "pasta" and config["num_special_tokens"] == 2
+    assert config["base_model_name_or_path"] == str(model_dir.resolve())
+    assert config["task"]["label_names"] == ["neg", "pos"] and config["task"]["kind"] == "text-classification"
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 2 and metrics["config"]["learning_rate"] == 0.03
+    assert (output / "learning_curve.png").is_file()
+    weights = load_file(output / "adapter_model.safetensors")
+    assert "adapter.special_token_embeddings" in weights and not any("encoder" in k for k in weights)
+
+    # eval rebuilds the base model and the validation split from what the adapter recorded,
+    # so it reproduces the best epoch's accuracy exactly.
+    assert main(["eval", str(output)]) == 0
+    evaluated = json.loads((output / EVAL_METRICS_FILE).read_text())
+    assert evaluated["accuracy"] == pytest.approx(metrics["best_metric"])
+    assert evaluated["num_examples"] == 12 and "accuracy:" in capsys.readouterr().out
+
+    assert main(["predict", str(output), "--text", "the movie was great"]) == 0
+    first_line = capsys.readouterr().out.splitlines()[0]
+    label, probability = first_line.split("\t")
+    assert label in ("neg", "pos") and probability.startswith("(p=")
+    result = predict_command(str(output), text="the movie was great")
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0)
+    assert result["label"] == label
+
+
+def test_a_lora_adapter_keeps_its_task_beside_the_peft_files(model_dir, sentiment_dir, tmp_path, capsys):
+    output = tmp_path / "lora"
+    assert main(train_args(model_dir, sentiment_dir, output, "--method", "lora", "--method-options", '{"r": 2}')) == 0
+    peft_config = json.loads((output / "adapter_config.json").read_text())
+    assert peft_config["peft_type"] == "LORA" and peft_config["r"] == 2
+    assert json.loads((output / TASK_INFO_FILE).read_text())["label_names"] == ["neg", "pos"]
+    assert main(["eval", str(output)]) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert json.loads((output / EVAL_METRICS_FILE).read_text())["accuracy"] == pytest.approx(metrics["best_metric"])
+
+
+def test_token_classification_predicts_entities(model_dir, ner_file, tmp_path, capsys):
+    output = tmp_path / "ner"
+    assert main(train_args(model_dir, ner_file, output, "--learning-rate", "0.05", "--validation-fraction", "0.25")) == 0
+    assert "validation f1:" in capsys.readouterr().out
+    result = predict_command(str(output), text="john lives in paris")
+    assert len(result["tags"]) == 4
+    for entity in result["entities"]:
+        words = "john lives in paris".split()[entity["start"] : entity["end"]]
+        assert " ".join(words) == entity["text"] and result["tags"][entity["start"]] == f"B-{entity['type']}"
+    printed = capsys.readouterr().out
+    assert printed.strip() == "no entities found" if not result["entities"] else result["entities"][0]["text"] in printed
+
+
+def test_a_non_empty_output_needs_resume_or_overwrite(model_dir, sentiment_dir, tmp_path, capsys):
+    output = tmp_path / "busy"
+    output.mkdir()
+    (output / "keep.txt").write_text("x")
+    assert main(train_args(model_dir, sentiment_dir, output)) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(train_args(model_dir, sentiment_dir, output, "--overwrite")) == 0
+    assert (output / "adapter_config.json").is_file() and (output / "keep.txt").is_file()
+
+
+def test_resume_of_a_finished_run_keeps_its_result(model_dir, sentiment_dir, tmp_path, capsys):
+    output = tmp_path / "done"
+    assert main(train_args(model_dir, sentiment_dir, output)) == 0
+    first = json.loads((output / "metrics.json").read_text())
+    assert main(train_args(model_dir, sentiment_dir, output, "--resume")) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert json.loads((output / "metrics.json").read_text())["epochs"] == first["epochs"]
+
+
+def test_a_model_that_is_not_local_is_a_clear_error_not_a_download(sentiment_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    code = main(["train", "--model", "no-such-org/no-such-model", "--task", str(sentiment_dir), "--output", str(tmp_path / "x")])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "not a local directory" in error and "does not download" in error
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_flags_from_a_config_file(model_dir, sentiment_dir, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(model_dir), "task": str(sentiment_dir), "output": str(tmp_path / "from-yaml"),
+        "epochs": 1, "batch_size": 6, "learning_rate": 0.02, "max_length": 16,
+    }))
+    assert main(["train", "--config", str(config)]) == 0
+    metrics = json.loads((tmp_path / "from-yaml" / "metrics.json").read_text())
+    assert metrics["config"]["batch_size"] == 6 and metrics["global_steps"] == 36 // 6
+
+
+def test_dashed_flags_and_bare_booleans_are_normalised():
+    assert normalise_argv(["train", "--batch-size", "8", "--resume", "--seed=3"]) == [
+        "train", "--batch_size", "8", "--resume=true", "--seed=3",
+    ]
+    assert normalise_argv(["train", "--overwrite", "false"]) == ["train", "--overwrite", "false"]
+    # values and unknown flags pass through untouched
+    assert normalise_argv(["predict", "d", "--text", "--not-a-flag"]) == ["predict", "d", "--text", "--not-a-flag"]
+
+
+def test_help_shows_dashed_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--batch-size" in help_text and "--batch_size" not in help_text
+    assert "--method-options" in help_text
+
+
+def test_eval_refuses_a_task_with_other_labels(model_dir, sentiment_dir, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert main(train_args(model_dir, sentiment_dir, output, "--epochs", "1")) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    for split in ("train", "validation"):
+        rows = ["text,label"] + [f"{t},good" for t in POSITIVE] + [f"{t},poor" for t in NEGATIVE]
+        (other / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    assert main(["eval", str(output), "--task", str(other)]) == 2
+    assert "same labels" in capsys.readouterr().err

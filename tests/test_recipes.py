@@ -1,0 +1,93 @@
+"""Recipes: per-method defaults as data, and the method config for a model × task."""
+
+from __future__ import annotations
+
+import peft
+import pytest
+import torch
+
+import peftkit
+from peftkit.errors import MethodConfigError
+from peftkit.recipes import RECIPES, build_method_config, canonical_method, recipe, training_config
+from tests.tiny_models import make_batch, make_tiny_model
+
+SINGLE = {"kind": "text-classification", "is_pair": False, "label_names": ["a", "b", "c"]}
+PAIR = {**SINGLE, "is_pair": True}
+TOKENS = {"kind": "token-classification", "is_pair": False, "label_names": ["O", "B-X", "I-X"]}
+
+
+def test_every_registered_method_and_lora_has_a_recipe():
+    assert set(peftkit.method_names()) | {"lora"} <= set(RECIPES)
+    for values in RECIPES.values():
+        assert set(values) == {"learning_rate", "epochs", "batch_size"}
+
+
+def test_pasta_learns_faster_than_full_fine_tuning():
+    """The design's point: a PASTA learning rate is far higher than fine-tuning's."""
+    assert recipe("pasta")["learning_rate"] >= 20 * recipe("full")["learning_rate"]
+    assert recipe("linear")["learning_rate"] > recipe("lora")["learning_rate"]
+
+
+def test_training_config_takes_the_recipe_and_explicit_values_win():
+    config = training_config("pasta", batch_size=8, learning_rate=None, seed=3)
+    assert config.learning_rate == RECIPES["pasta"]["learning_rate"]
+    assert config.epochs == RECIPES["pasta"]["epochs"]
+    assert config.batch_size == 8 and config.seed == 3
+    assert training_config("full").learning_rate == RECIPES["full"]["learning_rate"]
+
+
+def test_method_names_are_canonicalised_and_unknown_ones_listed():
+    assert canonical_method("PASTA") == "pasta" and canonical_method("LoRA") == "lora"
+    with pytest.raises(MethodConfigError, match="unknown method 'prefix'.*lora.*pasta"):
+        recipe("prefix")
+
+
+@pytest.mark.parametrize("task_info, slots", [(SINGLE, 2), (PAIR, 3)])
+def test_pasta_uses_one_slot_per_special_token_of_the_task(task_info, slots):
+    config = build_method_config("pasta", make_tiny_model(), task_info, {})
+    assert isinstance(config, peftkit.PastaConfig) and config.num_special_tokens == slots
+    assert build_method_config("pasta", make_tiny_model(), PAIR, {"num_special_tokens": 4}).num_special_tokens == 4
+
+
+def test_registry_methods_take_their_options():
+    config = build_method_config("wegeft", make_tiny_model(), SINGLE, {"rank": 4})
+    assert isinstance(config, peftkit.WeGeFTConfig) and config.rank == 4
+    assert isinstance(build_method_config("bitfit", make_tiny_model(), SINGLE, None), peftkit.BitFitConfig)
+    assert isinstance(build_method_config("linear", make_tiny_model(), SINGLE, None), peftkit.LinearProbeConfig)
+    assert isinstance(build_method_config("full", make_tiny_model(), SINGLE, None), peftkit.FullFinetuneConfig)
+    with pytest.raises(MethodConfigError, match="no field.*bogus"):
+        build_method_config("pasta", make_tiny_model(), SINGLE, {"bogus": 1})
+
+
+@pytest.mark.parametrize(
+    "family, targets",
+    [("bert", ["query", "value"]), ("distilbert", ["q_lin", "v_lin"]), ("deberta-v2", ["query_proj", "value_proj"])],
+)
+def test_lora_targets_the_family_attention_and_saves_the_head(family, targets):
+    model = make_tiny_model(family)
+    config = build_method_config("lora", model, SINGLE, {})
+    assert isinstance(config, peft.LoraConfig)
+    assert set(config.target_modules) == set(targets)
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (8, 16, 0.1)
+    assert config.task_type == peft.TaskType.SEQ_CLS
+    assert set(config.modules_to_save) >= set(peftkit.models.head_module_names(model))
+
+    adapted = peftkit.get_peft_model(model, config)
+    trained = [name for name, p in adapted.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in name or "modules_to_save" in name for name in trained)
+    adapted(**make_batch(family))  # the wrapped model runs
+
+
+def test_lora_for_token_classification_and_overrides():
+    model = make_tiny_model(token_classification=True)
+    config = build_method_config("lora", model, TOKENS, {"r": 4, "target_modules": ["query"]})
+    assert config.task_type == peft.TaskType.TOKEN_CLS and config.r == 4 and set(config.target_modules) == {"query"}
+    with pytest.raises(MethodConfigError, match="bad LoRA options"):
+        build_method_config("lora", make_tiny_model(), SINGLE, {"rank_of_everything": 3})
+
+
+def test_lora_on_an_unknown_family_asks_for_target_modules():
+    model = torch.nn.Linear(2, 2)
+    model.config = type("Config", (), {"model_type": "mystery"})()
+    with pytest.raises(MethodConfigError, match="target_modules"):
+        build_method_config("lora", model, SINGLE, {})
