@@ -186,6 +186,7 @@ def train_command(
     validation_fraction: float = 0.2,
     max_length: int = 128,
     method_options: dict | None = None,
+    pool: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     seed: int = 0,
@@ -219,6 +220,7 @@ def train_command(
         validation_fraction: Share held out for validation when the data has no validation split.
         max_length: Tokens per example after truncation.
         method_options: The method's own settings as JSON, e.g. '{"rank": 8}'.
+        pool: For lora-fusion: comma-separated directories of the frozen PEFT LoRA adapters to fuse.
         resume: Continue the run in --output from its last checkpoint.
         overwrite: Start afresh even though --output is not empty.
         seed: Seeds the data split, the data order, the head and dropout.
@@ -235,8 +237,8 @@ def train_command(
 
     import peftkit
     from peftkit import data, recipes
-    from peftkit.files import ensure_output_dir
-    from peftkit.training import train
+    from peftkit.files import atomic_write_json, ensure_output_dir
+    from peftkit.training import METRICS_FILE, train
 
     task_config = data.TaskConfig(
         task=task, kind=kind, text_column=text_column, text_pair_column=text_pair_column,
@@ -263,6 +265,8 @@ def train_command(
     transformers.set_seed(seed)  # the new head's initialisation
     base = load_base_model(model_path, task_info)
     processor = load_processor(model_path, loaded_task.kind, base.config)
+    if pool:
+        method_options = {**(method_options or {}), "pool": [entry.strip() for entry in pool.split(",") if entry.strip()]}
     method_config = recipes.build_method_config(method, base, task_info, method_options)
     adapted = peftkit.get_peft_model(base, method_config, tokenizer=_text_processor(processor, loaded_task.kind))
     print(f"{recipes.canonical_method(method)} on {loaded_task.name} ({loaded_task.description})")
@@ -284,6 +288,7 @@ def train_command(
     )
     metrics["majority_baseline"] = data.majority_baseline(loaded_task)
     metrics["wall_seconds"] = time.perf_counter() - started
+    atomic_write_json(output_dir / METRICS_FILE, metrics)  # the baseline belongs beside the result
     _print_training_summary(metrics, output_dir)
     return metrics
 
@@ -436,11 +441,22 @@ def predict_command(
     }
 
 
-COMMANDS: dict[str, Callable[..., Any]] = {
-    "train": train_command,
-    "eval": eval_command,
-    "predict": predict_command,
-}
+def _commands() -> dict[str, Callable[..., Any]]:
+    from peftkit.analysis.cost import cost_command
+    from peftkit.analysis.kernel_run import kernel_command
+    from peftkit.training.compare import compare_command
+
+    return {
+        "train": train_command,
+        "eval": eval_command,
+        "predict": predict_command,
+        "compare": compare_command,
+        "cost": cost_command,
+        "kernel": kernel_command,
+    }
+
+
+COMMANDS: dict[str, Callable[..., Any]] = _commands()
 
 
 # -- argument parsing ------------------------------------------------------------------------------

