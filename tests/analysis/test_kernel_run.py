@@ -108,3 +108,18 @@ def test_a_trained_classification_head_is_kept(tiny_run, tmp_path, bert_tokenize
                          output_dir=tmp_path / "run", progress=False)
     assert results["linear_probe_train_accuracy"] is None
     assert any("kept" in note for note in results["notes"])
+
+
+def test_peftkit_kernel_command_runs_on_a_method_and_writes_its_results(tiny_run, tmp_path):
+    from peftkit.cli import main
+
+    model_dir, task = tiny_run
+    out = tmp_path / "cli-run"
+    code = main(["kernel", "--model", model_dir, "--task", task.task, "--method", "pasta", "--kernel", "signgd",
+                 "--num-train", "6", "--num-eval", "4", "--max-length", "16", "--output", str(out)])
+    assert code == 0
+    results = json.loads((out / "kernel_results.json").read_text())
+    # PASTA on a 2-layer, 32-wide model: the kernel covers only its (layers x slots x hidden) table
+    assert results["num_kernel_parameters"] == 2 * 2 * 32
+    assert (results["num_train"], results["num_eval"]) == (6, 4)
+    assert (out / "kernel_plot.png").is_file()
