@@ -19,12 +19,7 @@ POSITIVE = ["the movie was great", "a good plot", "the actor was good", "great m
 NEGATIVE = ["the movie was terrible", "a bad plot", "the actor was bad", "terrible movie", "a bad actor", "bad bad plot"]
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +77,7 @@ def test_train_eval_predict_a_pasta_adapter(model_dir, sentiment_dir, tmp_path, 
     assert config["task"]["label_names"] == ["neg", "pos"] and config["task"]["kind"] == "text-classification"
     metrics = json.loads((output / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 2 and metrics["config"]["learning_rate"] == 0.03
+    assert metrics["majority_baseline"] == 0.5
     assert (output / "learning_curve.png").is_file()
     weights = load_file(output / "adapter_model.safetensors")
     assert "adapter.special_token_embeddings" in weights and not any("encoder" in k for k in weights)

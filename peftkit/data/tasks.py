@@ -317,6 +317,21 @@ def read_saved_splits(path: Path) -> tuple[Dataset, Dataset | None]:
     return saved["train"], validation
 
 
+def load_local_splits(path: Path, config: "TaskConfig", read_file: Callable[[Path], Dataset], build_task: Callable[..., "Task"]) -> "Task":
+    """Read a local file, directory of split files or saved dataset and build the kind's Task."""
+    train, validation, files = read_splits(path, read_file)
+    if is_saved_dataset(path):
+        train_where, validation_where = f"the train split of {path}", f"the validation split of {path}"
+    else:
+        train_where, validation_where = str(files[0]), str(files[-1])
+    name = path.parent.name if path.is_file() and path.stem in ("train", "data") else path.stem
+    return build_task(
+        name, train, validation, config,
+        description=f"local data at {path.resolve()} (license: whatever its owner grants)",
+        train_where=train_where, validation_where=validation_where,
+    )
+
+
 def read_splits(path: Path, read_file: Callable[[Path], Dataset]) -> tuple[Dataset, Dataset | None, list[Path]]:
     """Raw train/validation datasets from a file, a data directory or a saved dataset."""
     if is_saved_dataset(path):

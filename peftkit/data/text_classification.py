@@ -16,6 +16,7 @@ from datasets import ClassLabel, Dataset, Value
 from transformers import DataCollatorWithPadding
 
 from peftkit.data.tasks import (
+    load_local_splits,
     TABLE_SUFFIXES,
     TEXT_CLASSIFICATION,
     Task,
@@ -26,7 +27,6 @@ from peftkit.data.tasks import (
     columns_of,
     data_file_of,
     is_saved_dataset,
-    read_splits,
     read_table,
     register_task_kind,
     require_columns,
@@ -44,17 +44,7 @@ def claims(path: Path, config: TaskConfig) -> bool:
 
 
 def load(path: Path, config: TaskConfig) -> Task:
-    train, validation, files = read_splits(path, read_table)
-    if is_saved_dataset(path):
-        train_where, validation_where = f"the train split of {path}", f"the validation split of {path}"
-    else:
-        train_where, validation_where = str(files[0]), str(files[-1])
-    name = path.parent.name if path.is_file() and path.stem in ("train", "data") else path.stem
-    return task_from_splits(
-        name, train, validation, config,
-        description=f"local data at {path.resolve()} (license: whatever its owner grants)",
-        train_where=train_where, validation_where=validation_where,
-    )
+    return load_local_splits(path, config, read_table, task_from_splits)
 
 
 def task_from_splits(

@@ -14,7 +14,7 @@ from peftkit.data import TaskConfig
 from peftkit.errors import DataError, PeftkitError
 from tests.tiny_models import make_tiny_model
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 POSITIVE = ["the movie was great", "great actor", "a good plot", "good good movie", "the actor was great", "great plot"]
 NEGATIVE = ["the movie was terrible", "bad actor", "a bad plot", "terrible terrible movie", "the actor was bad", "bad plot"]

@@ -12,7 +12,7 @@ from peftkit.analysis.prompting import ClassifierOutput, PromptOutput, encode_cl
 from peftkit.errors import PeftkitError
 from tests.tiny_models import make_tiny_model
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 SENTENCES = ["the movie was great", "a bad plot", "the actor was good good good", "terrible", "a movie", "the plot was bad"]
 

@@ -20,7 +20,7 @@ from peftkit.analysis.prompting import (
 from peftkit.errors import DataError, PeftkitError
 from tests.tiny_models import make_tiny_model
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 TEMPLATE = "{sentence} It was [MASK]."
 

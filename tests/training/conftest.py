@@ -1,12 +1,8 @@
 """Training tests run tiny models: one torch thread is faster than two fighting over a busy box."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def single_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(single_torch_thread):
     yield
-    torch.set_num_threads(threads)
