@@ -124,9 +124,15 @@ def test_one_measurement_runs_in_a_fresh_process():
     assert "error" not in record, record.get("error")
     assert record["threads"] == 1 and len(record["step_times_s"]) == 1
     assert record["trainable_params"] == LAYERS * 2 * HIDDEN + HEAD
-    assert len(record["load_average"]) == 2
+    assert record["other_processes_cores"] >= 0.0
 
 
 def test_unknown_method_is_refused():
     with pytest.raises(SystemExit):
         speed_memory.parse_args(["--methods", "pasta,prefix-tuning"])
+
+
+def test_other_processes_cpu_is_measured_around_a_call():
+    result, other_cores = speed_memory.other_processes_cores(lambda: sum(range(100_000)))
+    assert result == sum(range(100_000))
+    assert other_cores is None or 0.0 <= other_cores <= speed_memory.core_count() + 0.5
