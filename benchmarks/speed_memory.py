@@ -440,7 +440,8 @@ def add_ratios(records: list[dict]) -> None:
             base = next((r for r in records if r["model"] == record["model"] and r["method"] == reference and "error" not in r), None)
             for quantity in ("step_time", "step_time_min", "step_cpu_time", "peak_memory"):
                 key = f"{quantity}_mb" if quantity == "peak_memory" else f"{quantity}_s"
-                record[f"{quantity}_vs_{reference}"] = record[key] / base[key] if base else None
+                # an in-process measurement can see no RSS growth at all (0 MB): no ratio then
+                record[f"{quantity}_vs_{reference}"] = record[key] / base[key] if base and base[key] else None
         record["adapter_vs_model_file"] = record["adapter_file_bytes"] / record["model_file_bytes"]
 
 

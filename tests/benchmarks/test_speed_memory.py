@@ -7,6 +7,7 @@ import importlib.util
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,9 +106,12 @@ def test_ratios_and_target_verdicts_follow_the_measurements(report):
     report_json = report[1]
     records = by_method(report_json)
     pasta, full, lora = records["pasta"], records["full"], records["lora"]
-    assert full["step_time_vs_full"] == 1.0 and lora["peak_memory_vs_lora"] == 1.0
+    assert full["step_time_vs_full"] == 1.0 and lora["step_time_vs_lora"] == 1.0
     assert pasta["step_time_vs_full"] == pytest.approx(pasta["step_time_s"] / full["step_time_s"])
-    assert pasta["peak_memory_vs_lora"] == pytest.approx(pasta["peak_memory_mb"] / lora["peak_memory_mb"])
+    if lora["peak_memory_mb"] > 0:  # in-process runs may see no RSS growth for a tiny model
+        assert pasta["peak_memory_vs_lora"] == pytest.approx(pasta["peak_memory_mb"] / lora["peak_memory_mb"])
+    else:
+        assert pasta["peak_memory_vs_lora"] is None
     checks = {c["target"]: c for c in report_json["target_checks"]}
     assert set(checks) == {"step_time", "peak_memory", "adapter_size"}
     assert checks["adapter_size"]["value"] == pytest.approx(pasta["adapter_file_bytes"] / pasta["model_file_bytes"])
@@ -133,6 +137,7 @@ def test_unknown_method_is_refused():
 
 
 def test_other_processes_cpu_is_measured_around_a_call():
-    result, other_cores = speed_memory.other_processes_cores(lambda: sum(range(100_000)))
-    assert result == sum(range(100_000))
+    # long enough (0.3 s) that /proc/stat's 10 ms ticks cannot inflate the average past the cores
+    result, other_cores = speed_memory.other_processes_cores(lambda: (time.sleep(0.3), 42)[1])
+    assert result == 42
     assert other_cores is None or 0.0 <= other_cores <= speed_memory.core_count() + 0.5
