@@ -207,7 +207,7 @@ def train_command(
         task: Builtin task (bbc-news, twitter-ner, digits, mnist, fashion-mnist) or a data path.
         output: Directory for the adapter and reports (default: runs/METHOD-TASK).
         epochs: Passes over the training set (default: the method's recipe).
-        batch_size: Examples per step (default: the method's recipe).
+        batch_size: Examples per step in each process (default: the method's recipe).
         learning_rate: Peak learning rate (default: the method's recipe).
         max_train_examples: Train on a seeded random subset of this size.
         max_eval_examples: Validate on a seeded random subset of this size.
@@ -239,7 +239,11 @@ def train_command(
     from peftkit import data, recipes
     from peftkit.files import atomic_write_json, ensure_output_dir
     from peftkit.training import METRICS_FILE, train
+    from peftkit.training.distributed import process_state
 
+    # Under `accelerate launch` every process runs this command; only the main one reports and
+    # writes files beside the training loop's own.
+    is_main_process = process_state().is_main_process
     task_config = data.TaskConfig(
         task=task, kind=kind, text_column=text_column, text_pair_column=text_pair_column,
         label_column=label_column, tokens_column=tokens_column, tags_column=tags_column,
@@ -269,9 +273,10 @@ def train_command(
         method_options = {**(method_options or {}), "pool": [entry.strip() for entry in pool.split(",") if entry.strip()]}
     method_config = recipes.build_method_config(method, base, task_info, method_options)
     adapted = peftkit.get_peft_model(base, method_config, tokenizer=_text_processor(processor, loaded_task.kind))
-    print(f"{recipes.canonical_method(method)} on {loaded_task.name} ({loaded_task.description})")
-    print(f"model: {model_path}")
-    adapted.print_trainable_parameters()
+    if is_main_process:
+        print(f"{recipes.canonical_method(method)} on {loaded_task.name} ({loaded_task.description})")
+        print(f"model: {model_path}")
+        adapted.print_trainable_parameters()
 
     train_set, validation_set = data.encode_task(loaded_task, processor, max_length)
     label_names = loaded_task.label_names
@@ -288,8 +293,9 @@ def train_command(
     )
     metrics["majority_baseline"] = data.majority_baseline(loaded_task)
     metrics["wall_seconds"] = time.perf_counter() - started
-    atomic_write_json(output_dir / METRICS_FILE, metrics)  # the baseline belongs beside the result
-    _print_training_summary(metrics, output_dir)
+    if is_main_process:
+        atomic_write_json(output_dir / METRICS_FILE, metrics)  # the baseline belongs beside the result
+        _print_training_summary(metrics, output_dir)
     return metrics
 
 

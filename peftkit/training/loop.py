@@ -38,6 +38,7 @@ from peftkit.training.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from peftkit.training.distributed import check_processes_joined, prefer_cpu_processes_without_devices
 from peftkit.training.plots import plot_learning_curve
 
 METRICS_FILE = "metrics.json"
@@ -53,7 +54,8 @@ class TrainingConfig:
     epochs: int = 3
     """Passes over the training set."""
     batch_size: int = 32
-    """Examples per forward pass (the optimizer sees batch_size × gradient_accumulation_steps)."""
+    """Examples per forward pass in each process (an optimizer step sees batch_size ×
+    gradient_accumulation_steps × the number of processes)."""
     eval_batch_size: int = 64
     """Examples per forward pass during validation."""
     learning_rate: float | None = None
@@ -171,24 +173,29 @@ def _concat_padded(arrays: list[np.ndarray], pad_value: float) -> np.ndarray:
 
 def _run_evaluation(model: nn.Module, loader, accelerator: Accelerator, metrics_fn: MetricsFn) -> dict[str, float]:
     model.eval()
-    all_logits, all_labels, loss_total, loss_rows = [], [], 0.0, 0
+    all_logits, all_labels = [], []
     with torch.no_grad():
         for batch in loader:
-            outputs = model(**batch)
-            logits, labels = outputs.logits, batch["labels"]
+            logits, labels = model(**batch).logits, batch["labels"]
             if logits.ndim > 2:  # token classification: sequence lengths differ across processes
                 logits = accelerator.pad_across_processes(logits, dim=1, pad_index=0)
                 labels = accelerator.pad_across_processes(labels, dim=1, pad_index=-100)
-            if getattr(outputs, "loss", None) is not None:
-                loss_total += accelerator.reduce(outputs.loss.detach().float(), "mean").item() * len(labels)
-                loss_rows += len(labels)
+            # Gathered over processes, without the rows Accelerate repeats to even out the last batch.
             logits, labels = accelerator.gather_for_metrics((logits, labels))
             all_logits.append(logits.float().cpu().numpy())
             all_labels.append(labels.cpu().numpy())
-    metrics = metrics_fn(_concat_padded(all_logits, 0.0), _concat_padded(all_labels, -100))
-    metrics = {name: float(value) for name, value in metrics.items()}
-    if loss_rows:
-        metrics["eval_loss"] = loss_total / loss_rows
+    logits, labels = _concat_padded(all_logits, 0.0), _concat_padded(all_labels, -100)
+    metrics = {name: float(value) for name, value in metrics_fn(logits, labels).items()}
+    if logits.ndim == labels.ndim + 1 and np.issubdtype(labels.dtype, np.integer) and (labels != -100).any():
+        # The mean cross-entropy over every labelled row (or token) of the validation set,
+        # computed once from the gathered outputs, so it is the same for any number of processes.
+        metrics["eval_loss"] = float(
+            torch.nn.functional.cross_entropy(
+                torch.from_numpy(logits).reshape(-1, logits.shape[-1]),
+                torch.from_numpy(labels).reshape(-1).long(),
+                ignore_index=-100,
+            )
+        )
     return metrics
 
 
@@ -202,6 +209,7 @@ def evaluate(
     mixed_precision: str = "no",
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``eval_dataset`` (what ``peftkit eval`` reports)."""
+    prefer_cpu_processes_without_devices()
     accelerator = Accelerator(mixed_precision=mixed_precision)
     loader = DataLoader(eval_dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, generator=torch.Generator())
     model, loader = accelerator.prepare(model, loader)
@@ -254,10 +262,12 @@ def train(
     else:
         remove_checkpoints(output_dir)  # an old run's checkpoint must never be resumed into this one
 
+    prefer_cpu_processes_without_devices()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
     )
+    check_processes_joined(accelerator.num_processes)
     set_seed(config.seed)
     unwrapped = model
     optimizer = torch.optim.AdamW(_optimizer_groups(model, config.weight_decay), lr=config.learning_rate)
@@ -296,7 +306,9 @@ def train(
 
     state = {"epoch": 0, "batches_done": 0, "global_step": 0, "finished": False, "history": _new_history()}
     if checkpoint_dir is not None:
-        _check_resumable(read_trainer_state(checkpoint_dir), config, len(train_dataset), checkpoint_dir)
+        _check_resumable(
+            read_trainer_state(checkpoint_dir), config, len(train_dataset), accelerator.num_processes, checkpoint_dir
+        )
         state = load_checkpoint(
             checkpoint_dir,
             model=accelerator.unwrap_model(model),
@@ -324,6 +336,7 @@ def train(
             "global_step": global_step,
             "finished": finished,
             "num_train_examples": len(train_dataset),
+            "num_processes": accelerator.num_processes,
             "config": dataclasses.asdict(config),
             "history": history,
         }
@@ -358,6 +371,10 @@ def train(
             # process's peak resident memory, for side-by-side method comparisons.
             "median_step_seconds": _median_step_seconds(history["steps"]),
             "peak_rss_bytes": _peak_rss_bytes(),
+            # Examples per optimizer step over all processes: the figure that must stay the same
+            # when a run moves from one device to several.
+            "num_processes": accelerator.num_processes,
+            "global_batch_size": config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
             "trainable_parameters": trainable_count,
             "total_parameters": total_count,
             "trainable_percent": 100.0 * trainable_count / total_count,
@@ -497,7 +514,9 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _check_resumable(saved: dict[str, Any], config: TrainingConfig, num_train_examples: int, where: Path) -> None:
+def _check_resumable(
+    saved: dict[str, Any], config: TrainingConfig, num_train_examples: int, num_processes: int, where: Path
+) -> None:
     """Refuse to resume into different settings: the result would match neither run."""
     saved_config = saved.get("config", {})
     differences = [
@@ -507,6 +526,12 @@ def _check_resumable(saved: dict[str, Any], config: TrainingConfig, num_train_ex
     ]
     if saved.get("num_train_examples") != num_train_examples:
         differences.append(f"training examples were {saved.get('num_train_examples')}, now {num_train_examples}")
+    # The position in an epoch is counted in per-process batches, so it only means the same
+    # thing with as many processes (checkpoints from before this was recorded had one).
+    if saved.get("num_processes", 1) != num_processes:
+        differences.append(
+            f"processes were {saved.get('num_processes', 1)}, now {num_processes} (launch with as many processes)"
+        )
     if differences:
         raise TrainingError(
             f"cannot resume from {where}: the settings changed ({'; '.join(differences)}). Resume with "
