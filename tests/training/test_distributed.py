@@ -11,6 +11,7 @@ process) do not enter. What remains is float summation order.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -150,3 +151,16 @@ def test_processes_that_did_not_join_one_group_refuse_to_train(monkeypatch):
     check_processes_joined(2)
     monkeypatch.delenv("WORLD_SIZE")
     check_processes_joined(1)
+
+
+def test_a_checkpoint_resumes_only_with_as_many_processes_as_wrote_it(tmp_path):
+    from peftkit.training.loop import TrainingConfig, _check_resumable
+
+    config = TrainingConfig(learning_rate=1e-3)
+    saved = {"config": dataclasses.asdict(config), "num_train_examples": 32, "num_processes": 2}
+    with pytest.raises(TrainingError, match="processes were 2, now 1"):
+        _check_resumable(saved, config, 32, 1, tmp_path)
+    _check_resumable(saved, config, 32, 2, tmp_path)
+    # Checkpoints written before the count was recorded came from one process.
+    del saved["num_processes"]
+    _check_resumable(saved, config, 32, 1, tmp_path)
