@@ -255,3 +255,19 @@ def test_a_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path)
     resumed_metrics = json.loads((killed_dir / "metrics.json").read_text())
     reference_metrics = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     assert [e["accuracy"] for e in resumed_metrics["epochs"]] == [e["accuracy"] for e in reference_metrics["epochs"]]
+
+
+def test_bf16_mixed_precision_computes_in_bf16_and_keeps_float32_weights(tmp_path):
+    """Accelerate's autocast runs the matrix products in bfloat16 (on CPU too); the trained
+    vectors, the optimizer's copy of them and the saved adapter stay float32."""
+    model = make_model()
+    output_dtypes = set()
+    query = model.base_model.bert.encoder.layer[0].attention.self.query
+    query.register_forward_hook(lambda module, args, output: output_dtypes.add(output.dtype))
+    metrics = run(tmp_path / "bf16", model=model, mixed_precision="bf16")
+    assert output_dtypes == {torch.bfloat16}
+    assert all(np.isfinite(loss) for _, loss in metrics["train_loss"])
+    assert metrics["config"]["mixed_precision"] == "bf16"
+    saved = load_file(tmp_path / "bf16" / "adapter_model.safetensors")
+    assert {tensor.dtype for tensor in saved.values()} == {torch.float32}
+    assert all(param.dtype == torch.float32 for param in trainable(model, clone=False).values())
