@@ -5,7 +5,8 @@ A checkpoint is the directory ``<output_dir>/checkpoint/``:
     trainable.safetensors   the parameters that require grad (never the frozen backbone)
     optimizer.pt            optimizer state (+ the mixed-precision grad scaler's, if any)
     scheduler.pt            learning-rate scheduler state
-    rng_state.pt            python, numpy and torch (+ CUDA) random generator states
+    rng_state.pt            python, numpy and torch (+ CUDA) random generator states, one set
+                            per training process (each process draws its own dropout masks)
     trainer_state.json      epoch, batches done in it, global step, history, config
 
 It is written into a temporary directory beside it and swapped in with ``os.replace``
@@ -97,8 +98,12 @@ def save_checkpoint(
     scheduler,
     trainer_state: dict[str, Any],
     scaler=None,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write a complete checkpoint to a temporary directory, then swap it in as ``checkpoint/``."""
+    """Write a complete checkpoint to a temporary directory, then swap it in as ``checkpoint/``.
+
+    ``rng_states``: every training process's ``capture_rng_state()``, in process order
+    (default: this process's only)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=output_dir))
@@ -110,7 +115,7 @@ def save_checkpoint(
             optimizer_state["scaler"] = scaler.state_dict()
         torch.save(optimizer_state, tmp_dir / OPTIMIZER_FILE)
         torch.save(scheduler.state_dict(), tmp_dir / SCHEDULER_FILE)
-        torch.save(capture_rng_state(), tmp_dir / RNG_FILE)
+        torch.save({"processes": rng_states or [capture_rng_state()]}, tmp_dir / RNG_FILE)
         atomic_write_json(tmp_dir / STATE_FILE, trainer_state)
         _fsync_directory_files(tmp_dir)
         final_dir = output_dir / CHECKPOINT_DIR
@@ -162,8 +167,11 @@ def read_trainer_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
         ) from None
 
 
-def load_checkpoint(checkpoint_dir: str | os.PathLike, *, model: nn.Module, optimizer, scheduler, scaler=None) -> dict[str, Any]:
-    """Restore trainable parameters, optimizer, scheduler and RNG states; return the trainer state."""
+def load_checkpoint(
+    checkpoint_dir: str | os.PathLike, *, model: nn.Module, optimizer, scheduler, scaler=None, process_index: int = 0
+) -> dict[str, Any]:
+    """Restore trainable parameters, optimizer, scheduler and this process's RNG states; return
+    the trainer state."""
     checkpoint_dir = Path(checkpoint_dir)
     trainer_state = read_trainer_state(checkpoint_dir)
     try:
@@ -197,5 +205,12 @@ def load_checkpoint(checkpoint_dir: str | os.PathLike, *, model: nn.Module, opti
     if scaler is not None and "scaler" in optimizer_state:
         scaler.load_state_dict(optimizer_state["scaler"])
     scheduler.load_state_dict(scheduler_state)
-    restore_rng_state(rng_state)
+    # Checkpoints from before per-process states were kept hold one state, not a list.
+    per_process = rng_state["processes"] if "processes" in rng_state else [rng_state]
+    if process_index >= len(per_process):
+        raise TrainingError(
+            f"the checkpoint in {checkpoint_dir} holds random states for {len(per_process)} processes, "
+            f"not for process {process_index}; resume with as many processes as wrote it."
+        )
+    restore_rng_state(per_process[process_index])
     return trainer_state

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 
 import torch
-from accelerate import PartialState
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import parse_flag_from_env
 
 from peftkit.errors import TrainingError
@@ -52,3 +53,18 @@ def check_processes_joined(num_processes: int) -> None:
             "GPUs launch with `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...` "
             "(peftkit sets it itself unless Accelerate's state was created before training started)."
         )
+
+
+def make_accelerator(*, mixed_precision: str = "no", **kwargs) -> Accelerator:
+    """An Accelerator for one training or evaluation, joined over gloo on CPU when launched as
+    several processes without GPUs.
+
+    Accelerate keeps its settings in a process-wide singleton that refuses a second
+    mixed-precision setting, so a notebook training once in float32 and then in bf16 would
+    fail. The per-run settings are dropped first; the process group (PartialState) is kept."""
+    prefer_cpu_processes_without_devices()
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(mixed_precision=mixed_precision, **kwargs)
+    check_processes_joined(accelerator.num_processes)
+    return accelerator

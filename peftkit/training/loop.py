@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import Accelerator, skip_first_batches
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -31,6 +31,7 @@ from transformers import get_scheduler
 from peftkit.errors import TrainingError
 from peftkit.files import atomic_write_json, ensure_output_dir
 from peftkit.training.checkpoint import (
+    capture_rng_state,
     find_checkpoint,
     load_checkpoint,
     read_trainer_state,
@@ -38,7 +39,7 @@ from peftkit.training.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from peftkit.training.distributed import check_processes_joined, prefer_cpu_processes_without_devices
+from peftkit.training.distributed import make_accelerator
 from peftkit.training.plots import plot_learning_curve
 
 METRICS_FILE = "metrics.json"
@@ -209,8 +210,7 @@ def evaluate(
     mixed_precision: str = "no",
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``eval_dataset`` (what ``peftkit eval`` reports)."""
-    prefer_cpu_processes_without_devices()
-    accelerator = Accelerator(mixed_precision=mixed_precision)
+    accelerator = make_accelerator(mixed_precision=mixed_precision)
     loader = DataLoader(eval_dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, generator=torch.Generator())
     model, loader = accelerator.prepare(model, loader)
     return _run_evaluation(model, loader, accelerator, metrics_fn)
@@ -262,12 +262,10 @@ def train(
     else:
         remove_checkpoints(output_dir)  # an old run's checkpoint must never be resumed into this one
 
-    prefer_cpu_processes_without_devices()
-    accelerator = Accelerator(
+    accelerator = make_accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
     )
-    check_processes_joined(accelerator.num_processes)
     set_seed(config.seed)
     unwrapped = model
     optimizer = torch.optim.AdamW(_optimizer_groups(model, config.weight_decay), lr=config.learning_rate)
@@ -315,6 +313,7 @@ def train(
             optimizer=optimizer,
             scheduler=scheduler,
             scaler=accelerator.scaler,
+            process_index=accelerator.process_index,
         )
         accelerator.print(
             f"resuming from {checkpoint_dir}: epoch {state['epoch'] + 1}, batch {state['batches_done']}, "
@@ -343,6 +342,7 @@ def train(
 
     def write_checkpoint(finished: bool = False) -> None:
         accelerator.wait_for_everyone()
+        rng_states = gather_object([capture_rng_state()])  # every process's, for an exact resume
         if accelerator.is_main_process:
             save_checkpoint(
                 output_dir,
@@ -351,6 +351,7 @@ def train(
                 scheduler=scheduler,
                 trainer_state=trainer_state(finished),
                 scaler=accelerator.scaler,
+                rng_states=rng_states,
             )
 
     def write_metrics(finished: bool) -> dict[str, Any]:

@@ -51,6 +51,43 @@ def test_round_trip_restores_parameters_optimizer_scheduler_and_every_rng(tmp_pa
     assert restored_scheduler.get_last_lr() == scheduler.get_last_lr()
 
 
+def test_each_process_resumes_its_own_random_generators(tmp_path):
+    """A multi-process run saves every process's generators; process k gets back its own."""
+    model, optimizer, scheduler = tiny_setup()
+    per_process = []
+    for seed in (11, 22):  # two processes whose dropout streams differ
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        per_process.append(checkpoint.capture_rng_state())
+    save_checkpoint(tmp_path, model=model, optimizer=optimizer, scheduler=scheduler, trainer_state={}, rng_states=per_process)
+    expected = {}
+    for index, seed in enumerate((11, 22)):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        expected[index] = (random.random(), np.random.rand(), torch.rand(3))
+    for index in (1, 0):
+        restored, restored_optimizer, restored_scheduler = tiny_setup()
+        load_checkpoint(tmp_path / "checkpoint", model=restored, optimizer=restored_optimizer,
+                        scheduler=restored_scheduler, process_index=index)
+        draws = (random.random(), np.random.rand(), torch.rand(3))
+        assert draws[:2] == expected[index][:2] and torch.equal(draws[2], expected[index][2])
+    with pytest.raises(TrainingError, match="random states for 2 processes, not for process 2"):
+        load_checkpoint(tmp_path / "checkpoint", model=restored, optimizer=restored_optimizer,
+                        scheduler=restored_scheduler, process_index=2)
+
+
+def test_a_checkpoint_with_one_unlisted_random_state_still_loads(tmp_path):
+    """Checkpoints written before per-process states held one state dict, not a list."""
+    model, optimizer, scheduler = tiny_setup()
+    save_checkpoint(tmp_path, model=model, optimizer=optimizer, scheduler=scheduler, trainer_state={})
+    torch.save(checkpoint.capture_rng_state(), tmp_path / "checkpoint" / checkpoint.RNG_FILE)
+    expected = torch.rand(3)
+    load_checkpoint(tmp_path / "checkpoint", model=model, optimizer=optimizer, scheduler=scheduler)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_only_trainable_parameters_are_written(tmp_path):
     model, optimizer, scheduler = tiny_setup()
     save_checkpoint(tmp_path, model=model, optimizer=optimizer, scheduler=scheduler, trainer_state={})

@@ -164,3 +164,12 @@ def test_a_checkpoint_resumes_only_with_as_many_processes_as_wrote_it(tmp_path):
     # Checkpoints written before the count was recorded came from one process.
     del saved["num_processes"]
     _check_resumable(saved, config, 32, 1, tmp_path)
+
+
+def test_one_process_can_train_in_float32_then_bf16_then_float32_again():
+    """Accelerate's settings are process-wide; a notebook changing precision must not need a restart."""
+    from peftkit.training.distributed import make_accelerator
+
+    assert make_accelerator(mixed_precision="no").mixed_precision == "no"
+    assert make_accelerator(mixed_precision="bf16").mixed_precision == "bf16"
+    assert make_accelerator(mixed_precision="no").mixed_precision == "no"
