@@ -7,13 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import BertConfig, BertModel
 
 from peftkit.cli import EVAL_METRICS_FILE, TASK_INFO_FILE, main, normalise_argv, predict_command
-from tests.tiny_models import make_bert_tokenizer
+from tests.tiny_models import save_tiny_bert_checkpoint
 
 POSITIVE = ["the movie was great", "a good plot", "the actor was good", "great movie", "a great actor", "good good movie"]
 NEGATIVE = ["the movie was terrible", "a bad plot", "the actor was bad", "terrible movie", "a bad actor", "bad bad plot"]
@@ -25,15 +23,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny random BERT backbone and its word-level tokenizer, saved like a hub checkpoint."""
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, initializer_range=0.3,
-    )
-    BertModel(config).save_pretrained(directory)
-    make_bert_tokenizer(directory).save_pretrained(directory)
-    return directory
+    return save_tiny_bert_checkpoint(tmp_path_factory.mktemp("tiny-bert"), initializer_range=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import os
 import torch
 from transformers import (
     BertConfig,
+    BertModel,
     BertTokenizerFast,
     DebertaV2Config,
     DistilBertConfig,
@@ -78,3 +79,16 @@ def make_bert_tokenizer(directory):
     vocab.write_text("\n".join(words) + "\n")
     # transformers 5 ignores vocab_file= in the constructor; from_pretrained reads vocab.txt
     return BertTokenizerFast.from_pretrained(str(directory), do_lower_case=True)
+
+
+def save_tiny_bert_checkpoint(directory, **config_overrides):
+    """A tiny random BertModel and its word-level tokenizer saved in ``directory`` like a hub
+    checkpoint, for runs that load a model by path (the CLI, subprocesses)."""
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, **config_overrides,
+    )
+    BertModel(config).save_pretrained(directory)
+    make_bert_tokenizer(directory).save_pretrained(directory)
+    return directory

@@ -6,24 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import BertConfig, BertModel
 
 from peftkit.cli import main
 from peftkit.errors import TrainingError
 from peftkit.training.compare import compare_command, markdown_table
-from tests.tiny_models import make_bert_tokenizer
+from tests.tiny_models import save_tiny_bert_checkpoint
 
 WORDS = {"pos": ["the movie was great", "a good plot", "great actor"], "neg": ["the movie was terrible", "a bad plot", "bad actor"]}
 
 
 @pytest.fixture
 def model_and_task(tmp_path) -> tuple[Path, Path]:
-    model_dir = tmp_path / "tiny-bert"
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(model_dir)
-    make_bert_tokenizer(model_dir).save_pretrained(model_dir)
+    model_dir = save_tiny_bert_checkpoint(tmp_path / "tiny-bert")
     task_dir = tmp_path / "task"
     task_dir.mkdir()
     for split, repeat in (("train", 3), ("validation", 1)):

@@ -22,11 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import BertConfig, BertModel
 
 from peftkit.errors import TrainingError
 from peftkit.training.distributed import check_processes_joined, prefer_cpu_processes_without_devices
-from tests.tiny_models import make_bert_tokenizer
+from tests.tiny_models import save_tiny_bert_checkpoint
 
 WORDS_BY_LABEL = {
     "pos": ["great", "good", "fine", "nice"],
@@ -38,15 +37,10 @@ GLOBAL_BATCH = 8
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny random BERT without dropout, saved like a hub checkpoint."""
-    directory = tmp_path_factory.mktemp("tiny-bert-no-dropout")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, initializer_range=0.3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    return save_tiny_bert_checkpoint(
+        tmp_path_factory.mktemp("tiny-bert-no-dropout"),
+        initializer_range=0.3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
-    BertModel(config).save_pretrained(directory)
-    make_bert_tokenizer(directory).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
