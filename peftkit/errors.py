@@ -22,6 +22,10 @@ class MethodConfigError(PeftkitError):
     """A method's config does not fit the model (missing target modules, bad rank, ...)."""
 
 
+class ModelKindError(PeftkitError):
+    """A text model given for an image task, or a vision model for a text task."""
+
+
 class AdapterMismatchError(PeftkitError):
     """An adapter was made for another backbone or another task head."""
 

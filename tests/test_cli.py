@@ -180,3 +180,136 @@ def test_eval_refuses_a_task_with_other_labels(model_dir, sentiment_dir, tmp_pat
         (other / f"{split}.csv").write_text("\n".join(rows) + "\n")
     assert main(["eval", str(output), "--task", str(other)]) == 2
     assert "same labels" in capsys.readouterr().err
+
+
+# -- the image path: default backbone, image predict, wrong-kind models --------------------------------
+
+
+@pytest.fixture
+def tiny_default_backbone(tmp_path, monkeypatch) -> Path:
+    """An empty cache and a tiny recipe for the default image backbone (set by environment, as a user could)."""
+    from peftkit.training import pretrain
+    from tests.tiny_models import TINY_VIT_PRETRAIN
+
+    monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(pretrain.PRETRAIN_OPTIONS_ENV, json.dumps(TINY_VIT_PRETRAIN))
+    return pretrain.default_backbone_dir()
+
+
+@pytest.fixture(scope="module")
+def digit_pngs(tmp_path_factory) -> Path:
+    """Six 8x8 grayscale digits from scikit-learn as PNG files, in a folder with a sub-folder."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("pngs")
+    digits = load_digits()
+    for index in range(6):
+        path = folder / ("more" if index >= 4 else "") / f"digit{index}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.round(digits.images[index] * 255 / 16).astype(np.uint8), mode="L").save(path)
+    return folder
+
+
+def image_train_args(task, output, *extra) -> list[str]:
+    return ["train", "--task", str(task), "--output", str(output), "--epochs", "1", "--batch-size", "16",
+            "--max-train-examples", "64", "--max-eval-examples", "32", *extra]
+
+
+def test_an_image_task_without_model_builds_the_default_backbone_once(tiny_default_backbone, tmp_path, capsys):
+    assert main(image_train_args("digits", tmp_path / "vpt", "--method", "vpt")) == 0
+    captured = capsys.readouterr()
+    assert "building the default image backbone once" in captured.err
+    assert f"model: {tiny_default_backbone}" in captured.out
+    config = json.loads((tmp_path / "vpt" / "adapter_config.json").read_text())
+    assert config["peftkit_method"] == "vpt" and config["base_model_name_or_path"] == str(tiny_default_backbone)
+
+    written = (tiny_default_backbone / "model.safetensors").stat().st_mtime_ns
+    assert main(image_train_args("digits", tmp_path / "linear", "--method", "linear")) == 0
+    assert "building" not in capsys.readouterr().err
+    assert (tiny_default_backbone / "model.safetensors").stat().st_mtime_ns == written
+
+    # eval on an image adapter reproduces its best validation accuracy.
+    assert main(["eval", str(tmp_path / "vpt")]) == 0
+    metrics = json.loads((tmp_path / "vpt" / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "vpt" / EVAL_METRICS_FILE).read_text())
+    assert evaluated["num_examples"] == 32 and evaluated["accuracy"] == pytest.approx(metrics["best_metric"])
+
+
+def test_image_predict_equals_the_models_own_softmax(tiny_default_backbone, digit_pngs, tmp_path, capsys):
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    import peftkit
+
+    adapter = tmp_path / "vpt"
+    assert main(image_train_args("digits", adapter, "--method", "vpt", "--learning-rate", "0.05")) == 0
+    capsys.readouterr()
+    base = AutoModelForImageClassification.from_pretrained(tiny_default_backbone, num_labels=10)
+    model = peftkit.PeftModel.from_pretrained(base, adapter).eval()
+    processor = AutoImageProcessor.from_pretrained(tiny_default_backbone)
+    files = sorted(p for p in digit_pngs.rglob("*.png"))
+
+    def expected(paths):
+        with torch.no_grad():
+            pixels = processor(images=[Image.open(p).convert("L") for p in paths], return_tensors="pt")["pixel_values"]
+            return model(pixel_values=pixels).logits.softmax(-1)
+
+    def check(result, paths):
+        assert [row["image"] for row in result["predictions"]] == [str(p) for p in paths]
+        for row, probabilities in zip(result["predictions"], expected(paths)):
+            got = torch.tensor([row["probabilities"][str(label)] for label in range(10)])
+            torch.testing.assert_close(got, probabilities, rtol=1e-5, atol=1e-6)
+            assert row["label"] == str(int(probabilities.argmax())) and row["probability"] == pytest.approx(float(probabilities.max()))
+
+    check(predict_command(str(adapter), image=str(files[0])), files[:1])  # one file, from Python
+    check(predict_command(str(adapter), image=[str(p) for p in files[:3]], batch_size=2), files[:3])  # several, two batches
+    check(predict_command(str(adapter), image=[str(digit_pngs)]), files)  # a folder, sub-folders included
+    capsys.readouterr()
+
+    # The command line: a repeated flag, several files after one flag, a folder; one line per image.
+    for argv in (["--image", str(files[0]), "--image", str(files[1])], ["--image", str(files[0]), str(files[1])]):
+        assert main(["predict", str(adapter), *argv, "--top-k", "2"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split("\t")[0] for line in lines] == [str(files[0]), str(files[1])]
+        assert lines[0].split("\t")[2].startswith("(p=") and lines[0].split("\t")[3].startswith("then: ")
+    assert main(["predict", str(adapter), "--image", str(digit_pngs)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(files)
+
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["predict", str(adapter), "--image", str(tmp_path / "notes.png")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["predict", str(adapter), "--image", str(tmp_path / "missing.png")]) == 2
+    assert "no such image" in capsys.readouterr().err
+    assert main(["predict", str(adapter), "--text", "a digit"]) == 2
+    assert "--image PATH" in capsys.readouterr().err
+
+
+def test_a_model_of_the_wrong_kind_is_refused_by_every_command(model_dir, sentiment_dir, digit_pngs, tmp_path, capsys):
+    from peftkit.errors import ModelKindError
+    from peftkit.training.compare import compare_command
+    from tests.tiny_models import save_tiny_vit_checkpoint
+
+    vit_dir = save_tiny_vit_checkpoint(tmp_path / "vit")
+    capsys.readouterr()
+    assert main(image_train_args("digits", tmp_path / "a", "--model", str(model_dir))) == 2
+    assert "holds a text model (bert); it needs a vision model" in capsys.readouterr().err
+    assert main(train_args(vit_dir, sentiment_dir, tmp_path / "b")) == 2
+    assert "holds a vision model (vit); it needs a text model" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "adapter_config.json").exists()
+    for model, task in ((vit_dir, sentiment_dir), (model_dir, "digits")):
+        with pytest.raises(ModelKindError):  # before any method's run starts
+            compare_command(methods="linear", model=str(model), task=str(task), output=str(tmp_path / "cmp"))
+        assert not (tmp_path / "cmp").exists()
+
+    # eval/predict of an image adapter on a text model, and of a text adapter given images.
+    assert main(image_train_args("digits", tmp_path / "image", "--model", str(vit_dir), "--method", "linear")) == 0
+    assert main(["eval", str(tmp_path / "image"), "--model", str(model_dir)]) == 2
+    assert "it needs a vision model" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "image"), "--image", str(digit_pngs), "--model", str(model_dir)]) == 2
+    assert "it needs a vision model" in capsys.readouterr().err
+    assert main(train_args(model_dir, sentiment_dir, tmp_path / "text", "--epochs", "1")) == 0
+    assert main(["predict", str(tmp_path / "text"), "--image", str(digit_pngs)]) == 2
+    assert "not images" in capsys.readouterr().err

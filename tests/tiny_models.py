@@ -92,3 +92,19 @@ def save_tiny_bert_checkpoint(directory, **config_overrides):
     BertModel(config).save_pretrained(directory)
     make_bert_tokenizer(directory).save_pretrained(directory)
     return directory
+
+
+# A ViT recipe small enough to pretrain in about a second on scikit-learn's 8x8 digits
+# (fields of peftkit.training.pretrain.PretrainConfig).
+TINY_VIT_PRETRAIN = dict(
+    task="digits", image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    intermediate_size=32, max_train_examples=64, max_eval_examples=32, epochs=1, batch_size=16,
+)
+
+
+def save_tiny_vit_checkpoint(directory):
+    """A tiny ViT pretrained on digits and saved with its image processor, like `peftkit pretrain --output`."""
+    from peftkit.training.pretrain import PretrainConfig, pretrain_vit
+
+    pretrain_vit(PretrainConfig(**TINY_VIT_PRETRAIN), directory)
+    return directory

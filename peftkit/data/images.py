@@ -320,6 +320,40 @@ def image_mode(image_processor, num_channels: int | None = None) -> str:
     return mode
 
 
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """The image files named by ``paths``: files as given, folders as their images (recursively, sorted).
+
+    Raises:
+        DataError: a path does not exist, or a folder holds no image file.
+    """
+    files: list[Path] = []
+    for entry in paths:
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"the folder {path} holds no image ({', '.join(IMAGE_SUFFIXES)}); pass image files or a folder of them.")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"no such image file or folder: {path}.")
+    if not files:
+        raise DataError("no image given; pass --image PATH (a file or a folder; repeat the flag for several).")
+    return files
+
+
+def open_image(path: Path, mode: str):
+    """The image at ``path`` as a PIL image in ``mode`` ("L", "RGB", ...), or a DataError saying which file."""
+    from PIL import Image as PILImage, UnidentifiedImageError
+
+    try:
+        with PILImage.open(path) as image:
+            return image.convert(mode)
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"cannot read {path} as an image ({error}); pass PNG/JPEG/... files.") from None
+
+
 def image_processor_for(model_config):
     """A ViT image processor matching a model config (for checkpoints saved without one)."""
     from transformers import ViTImageProcessor

