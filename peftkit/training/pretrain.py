@@ -216,8 +216,10 @@ def default_backbone_dir(config: PretrainConfig | None = None) -> Path:
     return cache_dir() / "backbones" / f"vit-{config.task}-{config.key()}"
 
 
-def default_image_backbone(config: PretrainConfig | None = None) -> Path:
-    """The default image backbone's directory, built (once, under a lock) if it is not there yet.
+def default_image_backbone(config: PretrainConfig | None = None, *, rebuild: bool = False,
+                           reason: str = "no --model given for an image task, so ") -> Path:
+    """The default image backbone's directory, built (once, under a lock) if it is not there yet
+    (or ``rebuild``: built again and swapped in). ``reason`` starts the message to the user.
 
     Tells the user on stderr what is being built, where and how long it takes; the training
     loop's progress bar shows the build. Concurrent callers: one builds, the others wait on the
@@ -235,7 +237,7 @@ def default_image_backbone(config: PretrainConfig | None = None) -> Path:
 
     config = config or default_pretrain_config()
     directory = default_backbone_dir(config)
-    if (directory / "config.json").is_file():
+    if (directory / "config.json").is_file() and not rebuild:
         return directory
     if launched_world_size() > 1:
         raise PeftkitError(
@@ -251,19 +253,19 @@ def default_image_backbone(config: PretrainConfig | None = None) -> Path:
               file=sys.stderr, flush=True)
         lock.acquire()
     try:
-        if (directory / "config.json").is_file():  # built by the process we waited for
+        if (directory / "config.json").is_file() and not rebuild:  # built by the process we waited for
             return directory
         for stale in directory.parent.glob(f".{directory.name}.tmp-*"):  # a killed build's leftovers
             shutil.rmtree(stale, ignore_errors=True)
         took = DEFAULT_BUILD_TIME if config == PretrainConfig() else "a time that grows with examples × epochs"
         print(
-            f"peftkit: no --model given for an image task, so building the default image backbone once: "
+            f"peftkit: {reason}building the default image backbone once: "
             f"{config.summary()}, saved in {directory}. This takes {took}; later runs reuse it. "
             "(`peftkit pretrain` builds it ahead of time; --model DIR uses another ViT.)",
             file=sys.stderr, flush=True,
         )
         try:
-            report = pretrain_vit(config, directory)
+            report = pretrain_vit(config, directory, overwrite=rebuild)
         except DataError as error:
             raise DataError(f"{error} (The default image backbone pretrains on it; or pass --model DIR of a ViT.)") from None
         print(f"peftkit: default image backbone built in {report['seconds']:.0f} s "
@@ -314,11 +316,9 @@ def pretrain_command(
         if (directory / "config.json").is_file() and not overwrite:
             print(f"already built: {directory} (pass --overwrite to build it again)")
             return json.loads((directory / PRETRAIN_REPORT_FILE).read_text(encoding="utf-8"))
-        if overwrite:
-            shutil.rmtree(directory, ignore_errors=True)
         if config != default_pretrain_config():
             print(f"not the default recipe, so `train` will not pick it up by itself: pass --model {directory}")
-        default_image_backbone(config)
+        default_image_backbone(config, rebuild=overwrite, reason="")
         report = json.loads((directory / PRETRAIN_REPORT_FILE).read_text(encoding="utf-8"))
     else:
         directory = Path(output).expanduser()

@@ -181,6 +181,12 @@ def test_pretrain_command_builds_the_cached_default_or_writes_output(tiny_defaul
     assert len(count_builds) == 1
     assert main(["pretrain", "--task", "digits", "--epochs", "1"]) == 0  # flags equal to the recipe's
     assert "already built" in capsys.readouterr().out and len(count_builds) == 1
+    weights = default_backbone_dir() / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    assert main(["pretrain", "--overwrite"]) == 0  # built again, swapped in
+    assert len(count_builds) == 2 and weights.stat().st_mtime_ns != written
+    assert sorted(p.name for p in default_backbone_dir().parent.iterdir()) == [
+        default_backbone_dir().name, f"{default_backbone_dir().name}.lock"]  # no temporaries left
     assert main(["pretrain", "--epochs", "2"]) == 0  # another recipe: its own directory, said so
     assert "pass --model" in capsys.readouterr().out
     assert count_builds[-1] == default_backbone_dir(PretrainConfig(**{**TINY, "epochs": 2})) != count_builds[0]
