@@ -69,3 +69,20 @@ def test_compare_is_a_cli_command(model_and_task, tmp_path, capsys):
     model_dir, task_dir = model_and_task
     assert main(["compare", "--methods", "", "--model", str(model_dir), "--task", str(task_dir), "--output", str(tmp_path / "c")]) == 2
     assert "--methods is empty" in capsys.readouterr().err
+
+
+def test_compare_on_an_image_task_without_model_builds_the_default_backbone_once(tmp_path, monkeypatch, capsys):
+    from peftkit.training import pretrain
+    from tests.tiny_models import TINY_VIT_PRETRAIN
+
+    monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(pretrain.PRETRAIN_OPTIONS_ENV, json.dumps(TINY_VIT_PRETRAIN))
+    result = compare_command(methods="linear,vpt", task="digits", output=str(tmp_path / "cmp"), epochs=1,
+                             batch_size=16, max_train_examples=64, max_eval_examples=32)
+    backbone = str(pretrain.default_backbone_dir())
+    assert capsys.readouterr().err.count("building the default image backbone once") == 1  # here, not per method
+    assert result["train_args"][:2] == ["--model", backbone]
+    for method in ("linear", "vpt"):
+        config = json.loads((tmp_path / "cmp" / method / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == backbone
+        assert "building" not in (tmp_path / "cmp" / f"{method}.log").read_text()
