@@ -23,7 +23,8 @@ from peftkit.errors import AdapterFileError, AdapterMismatchError, MethodConfigE
 from peftkit.files import atomic_write, atomic_write_json
 from peftkit.methods.base import MethodConfig
 from peftkit.methods.registry import get_method, spec_for_config
-from peftkit.models import backbone_identity, check_backbone_identity, head_module_names
+from peftkit.models import backbone_identity, check_backbone_identity, encoder_layers, head_module_names
+from peftkit.models.backbones import without_checkpoint_wrappers
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -91,6 +92,42 @@ def _identity_or_none(model: nn.Module) -> dict | None:
         return None
 
 
+def _layers_checkpointed(model: nn.Module) -> bool:
+    """True when the model's layers run under activation checkpointing: torch's checkpoint_wrapper
+    (Accelerate, FSDP) holds the wrapped layer as ``_checkpoint_wrapped_module``; transformers'
+    layers carry a ``gradient_checkpointing`` flag."""
+    try:
+        layers = encoder_layers(model)
+    except UnsupportedModelError:
+        return False
+    return any(hasattr(layer, "_checkpoint_wrapped_module") or getattr(layer, "gradient_checkpointing", False)
+               for layer in layers)
+
+
+def _register_input_grads_hook(model: nn.Module):
+    """Make the embeddings' output require grad while the layers are checkpointed.
+
+    A reentrant checkpoint gives the parameters inside a layer gradients only when the layer's
+    input requires grad, which a frozen embedding's output does not: WeGeFT, LoRA fusion or
+    BitFit would silently train nothing. transformers does the same for its own checkpointing
+    of text models (``enable_input_require_grads``), PEFT too; this covers checkpoint_wrapper and
+    image models. Without checkpointing nothing changes, so a head-only method never pays for
+    a backward through the frozen backbone."""
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if not isinstance(embeddings, nn.Module):
+        return None
+
+    def inputs_require_grad(module, args, output):
+        if isinstance(output, torch.Tensor) and not output.requires_grad and torch.is_grad_enabled() \
+                and _layers_checkpointed(model):
+            output.requires_grad_(True)
+
+    return embeddings.register_forward_hook(inputs_require_grad)
+
+
 class PeftModel(nn.Module):
     """A frozen backbone plus one peftkit method and the task head."""
 
@@ -109,6 +146,7 @@ class PeftModel(nn.Module):
         self.base_model = model
         self.peft_config = config
         self.adapter = spec.adapter_class(model, config, tokenizer=tokenizer)
+        self._input_grads_hook = _register_input_grads_hook(model)
         self.task_info: dict[str, Any] = {}
         self.train(model.training)  # a new adapter follows the mode the model was in
 
@@ -130,7 +168,9 @@ class PeftModel(nn.Module):
 
     # -- parameters -------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: param.detach() for name, param in self.named_parameters() if param.requires_grad}
+        return {
+            without_checkpoint_wrappers(name): param.detach() for name, param in self.named_parameters() if param.requires_grad
+        }
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -184,7 +224,7 @@ class PeftModel(nn.Module):
 
     def load_adapter_weights(self, tensors: dict[str, torch.Tensor], *, where: str = "the adapter") -> None:
         """Copy saved tensors into the trainable parameters, checking names and shapes first."""
-        params = dict(self.named_parameters())
+        params = {without_checkpoint_wrappers(name): param for name, param in self.named_parameters()}
         expected = {name for name, p in params.items() if p.requires_grad}
         missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - set(params))
         if missing or unexpected:
@@ -212,10 +252,13 @@ class PeftModel(nn.Module):
     def merge_and_unload(self) -> nn.Module:
         """Fold the method into the backbone's weights (mergeable methods) and return the model."""
         merged = self.adapter.merge(self.base_model)
-        self.adapter.detach(self.base_model)
+        self.unload()
         return merged
 
     def unload(self) -> nn.Module:
         """Remove the method and return the base model as it was."""
         self.adapter.detach(self.base_model)
+        if self._input_grads_hook is not None:
+            self._input_grads_hook.remove()
+            self._input_grads_hook = None
         return self.base_model

@@ -304,8 +304,10 @@ class LoraFusionAdapter(MethodAdapter):
         for module_path in pool[0].factors:
             name, linear = _find_linear(model, module_path, pool[0].directory)
             targets[name] = (linear, module_path)
-        order = {name: index for index, (name, _) in enumerate(model.named_modules())}
-        targets = dict(sorted(targets.items(), key=lambda item: order[item[0]]))
+        # By module, not name: under a layer already wrapped for activation checkpointing the
+        # module's name holds the wrapper's attribute, the pool's path does not.
+        order = {id(module): index for index, module in enumerate(model.modules())}
+        targets = dict(sorted(targets.items(), key=lambda item: order[id(item[1][0])]))
         block_of = self._blocks(model, targets)
         blocks = sorted(set(block_of.values()))
 

@@ -43,6 +43,7 @@ from peftkit.errors import MethodConfigError, UnsupportedModelError
 from peftkit.methods.base import MethodAdapter, MethodConfig
 from peftkit.methods.registry import register_method
 from peftkit.models import encoder_layers, head_module_names
+from peftkit.models.backbones import CHECKPOINT_WRAPPER_ATTRIBUTE
 
 # The family's own query/value names: ours where PEFT's LoRA target map has none, else PEFT's
 # (BERT/RoBERTa/ELECTRA: query/value, DeBERTa-v2: query_proj/value_proj, Llama: q_proj/v_proj).
@@ -107,7 +108,12 @@ def _layer_relative_paths(model: nn.Module) -> dict[int, str]:
         layers = encoder_layers(model)
     except UnsupportedModelError:
         return {}  # no layer stack: every module is its own type
-    return {id(module): name for layer in layers for name, module in layer.named_modules() if name}
+    # A layer already wrapped by torch's checkpoint_wrapper names its modules under the wrapper's
+    # attribute; the type is the same module (shared pair, same saved name) either way.
+    return {
+        id(module): name.removeprefix(f"{CHECKPOINT_WRAPPER_ATTRIBUTE}.")
+        for layer in layers for name, module in layer.named_modules() if name
+    }
 
 
 class WeGeFTLinear(nn.Module):

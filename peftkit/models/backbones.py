@@ -8,6 +8,7 @@ place that knows, so methods can ask "where are the layers?" without a family sw
 from __future__ import annotations
 
 import hashlib
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -52,6 +53,53 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
         "DistilBERT, ELECTRA, DeBERTa-v2, ViT/DeiT and Llama-style models; pass one of those "
         "(e.g. loaded with AutoModelForSequenceClassification.from_pretrained)."
     )
+
+
+# Where torch's checkpoint_wrapper (Accelerate/FSDP activation checkpointing) keeps the module it
+# wraps; parameter names under a wrapped layer contain it, state dicts strip it.
+CHECKPOINT_WRAPPER_ATTRIBUTE = "_checkpoint_wrapped_module"
+
+
+def without_checkpoint_wrappers(name: str) -> str:
+    """A parameter name as it is without activation-checkpointing wrappers (as torch's state dicts)."""
+    return name.replace(f"{CHECKPOINT_WRAPPER_ATTRIBUTE}.", "")
+
+
+class LayerPreHooks:
+    """Forward pre-hooks (``hook(module, args, kwargs)``) on some of a model's Transformer
+    layers, kept on the *outermost* module in each layer's slot.
+
+    Activation checkpointing by torch's ``checkpoint_wrapper`` (Accelerate, FSDP) replaces a
+    layer in its ``ModuleList`` by a wrapper that recomputes the inner module in backward. A
+    hook left on the inner layer would then run inside the checkpoint: again during backward,
+    outside the forward that set its per-batch state, and, for a reentrant checkpoint, on an
+    input that does not require grad. ``follow_wrappers`` (called at every forward) moves each
+    hook to whatever module now holds the slot, so the hook runs once, before the checkpoint.
+    transformers' own checkpointing wraps ``forward`` inside the layer, so hooks stay outside
+    it anyway.
+    """
+
+    def __init__(self, model: nn.Module, hooks: dict[int, Callable]):
+        self._model = model
+        self._hooks = dict(hooks)  # layer index → hook
+        self._handles: dict[int, tuple[nn.Module, Any]] = {}  # layer index → (hooked module, handle)
+        self.follow_wrappers()
+
+    def follow_wrappers(self) -> None:
+        layers = encoder_layers(self._model)
+        for index, hook in self._hooks.items():
+            hooked = self._handles.get(index)
+            if hooked is not None and hooked[0] is layers[index]:
+                continue
+            if hooked is not None:
+                hooked[1].remove()
+            self._handles[index] = (layers[index], layers[index].register_forward_pre_hook(hook, with_kwargs=True))
+
+    def remove(self) -> None:
+        for _, handle in self._handles.values():
+            handle.remove()
+        self._handles = {}
+        self._hooks = {}
 
 
 def hidden_size(model: nn.Module) -> int:
