@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,25 @@ def _is_peft_config(config: Any) -> bool:
     return isinstance(config, PeftConfig)
 
 
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` result wraps (``_orig_mod``), or ``model`` itself.
+
+    A compiled module's only child is the original, so the method would find no layers and the
+    task head would be taken for the whole model (everything trainable). Adapters attach to the
+    original; compile the wrapped model afterwards, ``torch.compile(peft_model)``."""
+    # Only a loaded dynamo can have compiled it; importing it just to check costs seconds.
+    compiled_class = getattr(sys.modules.get("torch._dynamo.eval_frame"), "OptimizedModule", None)
+    while compiled_class is not None and isinstance(model, compiled_class):
+        model = model._orig_mod
+    return model
+
+
 def get_peft_model(model: nn.Module, config, tokenizer=None):
-    """Wrap ``model`` with a peftkit method, or with PEFT's own for a PEFT config."""
+    """Wrap ``model`` with a peftkit method, or with PEFT's own for a PEFT config.
+
+    A ``torch.compile``-d model is unwrapped first (the method attaches to the original module);
+    compile the returned model instead."""
+    model = _uncompiled(model)
     if _is_peft_config(config):
         import peft
 
@@ -133,6 +151,7 @@ class PeftModel(nn.Module):
 
     def __init__(self, model: nn.Module, config: MethodConfig, tokenizer=None):
         super().__init__()
+        model = _uncompiled(model)
         spec = spec_for_config(config)
         config = copy.deepcopy(config)  # the adapter may fill in resolved values (special ids)
         model.requires_grad_(False)
@@ -206,6 +225,7 @@ class PeftModel(nn.Module):
     @classmethod
     def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike, is_trainable: bool = False, tokenizer=None):
         """Restore an adapter onto ``model``; PEFT adapters (LoRA, ...) are loaded by PEFT."""
+        model = _uncompiled(model)
         record = read_adapter_config(model_id)
         if "peftkit_method" not in record:
             import peft
