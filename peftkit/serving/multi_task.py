@@ -394,11 +394,16 @@ class MultiTaskModel(nn.Module):
             )
 
     # -- the forward ----------------------------------------------------------------------
-    def special_token_positions(self, input_ids: torch.Tensor, task_of_row: torch.Tensor):
+    def special_token_positions(
+        self, input_ids: torch.Tensor, task_of_row: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ):
         """Rows, columns, slots and task of every special token of the PASTA rows; a row's slot
-        is its occurrence order capped at its own task's M - 1."""
+        is its occurrence order capped at its own task's M - 1. Padding (``attention_mask`` 0)
+        is never special, whatever its id."""
         slots_of_row = self.num_special_tokens[task_of_row]  # M of each row's task; 0 = not PASTA
         special_token_mask = torch.isin(input_ids, self.special_ids) & (slots_of_row > 0)[:, None]
+        if attention_mask is not None:
+            special_token_mask &= attention_mask.bool()
         missing = ((slots_of_row > 0) & ~special_token_mask.any(dim=1)).nonzero().flatten()
         if len(missing):
             raise SpecialTokenError(
@@ -428,8 +433,8 @@ class MultiTaskModel(nn.Module):
         return add_task_special_token_vectors
 
     @contextlib.contextmanager
-    def _rows_of_tasks(self, input_ids: torch.Tensor, task_of_row: torch.Tensor):
-        self._positions = self.special_token_positions(input_ids, task_of_row) if self._hooks else None
+    def _rows_of_tasks(self, input_ids: torch.Tensor, task_of_row: torch.Tensor, attention_mask: torch.Tensor | None):
+        self._positions = self.special_token_positions(input_ids, task_of_row, attention_mask) if self._hooks else None
         try:
             yield
         finally:
@@ -461,7 +466,7 @@ class MultiTaskModel(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        with self._rows_of_tasks(input_ids, task_of_row):
+        with self._rows_of_tasks(input_ids, task_of_row, attention_mask):
             if self.lora_backbone is not None:
                 adapter_names = [self._lora_adapter_of[name] for name in task_names]
                 outputs = self.lora_backbone(**inputs, adapter_names=adapter_names)
