@@ -338,3 +338,13 @@ def test_padding_sharing_a_special_tokens_id_is_never_adapted(pasta_model, pad_i
     for row, (ids, task) in enumerate(rows):
         if task == "entities":
             torch.testing.assert_close(padded[row][-len(ids):], plain[row][-len(ids):], atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_float32_adapters_serve_on_a_half_precision_backbone(pasta_dirs, pasta_model, dtype):
+    served = MultiTaskModel.from_adapters(shared_backbone().to(dtype), pasta_dirs, task_model_classes=CLASSES)
+    input_ids, attention_mask, tasks = pad(mixed_batch())
+    expected = pasta_model.task_logits(input_ids, attention_mask, tasks)
+    for got, want in zip(served.task_logits(input_ids, attention_mask, tasks), expected):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.1)
