@@ -9,6 +9,7 @@ writes, whatever the method. PEFT's own configs (``peft.LoraConfig``) go to PEFT
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ from torch import nn
 from peftkit.errors import AdapterFileError, AdapterMismatchError, MethodConfigError, UnsupportedModelError
 from peftkit.files import atomic_write, atomic_write_json
 from peftkit.methods.base import MethodConfig
-from peftkit.methods.registry import get_method, spec_for_config
+from peftkit.methods.registry import get_method, method_names, spec_for_config
 from peftkit.models import backbone_identity, check_backbone_identity, encoder_layers, head_module_names
 from peftkit.models.backbones import without_checkpoint_wrappers
 
@@ -79,11 +80,75 @@ def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
             "point at a directory written by save_pretrained (or by `peftkit train`)."
         )
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterFileError(
             f"{path} is corrupt ({error}); restore it or retrain the adapter."
         ) from None
+    if not isinstance(record, dict):
+        raise AdapterFileError(
+            f"{path} holds a JSON {type(record).__name__}, not an object of adapter settings; "
+            "restore the adapter_config.json that save_pretrained wrote, or retrain the adapter."
+        )
+    if "peft_type" not in record and "peftkit_method" not in record:
+        if "model_type" in record or "architectures" in record:
+            raise AdapterFileError(
+                f"{path} is a model's config.json (it has model_type/architectures), not an adapter "
+                "config: its field peft_type is missing. Put back the adapter_config.json that "
+                "save_pretrained wrote, or load that directory as a base model instead."
+            )
+        raise AdapterFileError(
+            f"{path} has no field peft_type, so it does not say which method made the adapter; "
+            "restore the adapter_config.json that save_pretrained wrote, or retrain the adapter."
+        )
+    return record
+
+
+def peft_method_types() -> set[str]:
+    """PEFT's own ``peft_type`` values (LORA, IA3, ...): adapters PEFT loads itself."""
+    import peft
+
+    return {member.value for member in peft.PeftType}
+
+
+def adapter_method_config(record: dict[str, Any], where: str) -> MethodConfig:
+    """The peftkit method config an adapter_config.json record describes, checked field by field.
+
+    Raises:
+        AdapterFileError: ``peftkit_method`` missing (for a peft_type that is a peftkit method),
+            unknown or not a string, or a method field of the wrong type; the message names the
+            file, the field and the fix.
+    """
+    method = record.get("peftkit_method")
+    if method is None:
+        peft_type = record.get("peft_type")
+        known = {spec.config_class().peft_type: name for name, spec in ((n, get_method(n)) for n in method_names())}
+        hint = f'"peftkit_method": "{known[peft_type]}"' if peft_type in known else '"peftkit_method": "<method>"'
+        raise AdapterFileError(
+            f"{where} has peft_type {peft_type!r}, which is neither one of PEFT's methods nor has the "
+            f"field peftkit_method that peftkit adapters carry. Add {hint} to it (methods: "
+            f"{', '.join(method_names())}), or restore the file save_pretrained wrote."
+        )
+    if not isinstance(method, str):
+        raise AdapterFileError(f"{where}: field peftkit_method must be a method name string, not {method!r}.")
+    try:
+        spec = get_method(method)
+    except MethodConfigError:
+        raise AdapterFileError(
+            f"{where}: field peftkit_method is {method!r}, which this peftkit does not know (it knows "
+            f"{', '.join(method_names())}); was the adapter made by a newer peftkit? Update peftkit."
+        ) from None
+    for field in ("base_model_identity", "task"):
+        if field in record and not isinstance(record[field], dict):
+            raise AdapterFileError(
+                f"{where}: field {field} must be a JSON object, not {record[field]!r}; restore the "
+                "file save_pretrained wrote."
+            )
+    names = {f.name for f in dataclasses.fields(spec.config_class)}
+    try:
+        return spec.config_class.from_dict({k: v for k, v in record.items() if k in names})
+    except MethodConfigError as error:
+        raise AdapterFileError(f"{where}: {error} Correct that field, or restore the file save_pretrained wrote.") from None
 
 
 def read_adapter_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -227,14 +292,13 @@ class PeftModel(nn.Module):
         """Restore an adapter onto ``model``; PEFT adapters (LoRA, ...) are loaded by PEFT."""
         model = _uncompiled(model)
         record = read_adapter_config(model_id)
-        if "peftkit_method" not in record:
+        if "peftkit_method" not in record and record.get("peft_type") in peft_method_types():
             import peft
 
             return peft.PeftModel.from_pretrained(model, str(model_id), is_trainable=is_trainable)
+        config = adapter_method_config(record, str(Path(model_id) / ADAPTER_CONFIG_NAME))
         check_backbone_identity(record.get("base_model_identity", {}), model, where=str(model_id))
-        spec = get_method(record["peftkit_method"])
-        fields = {k: v for k, v in record.items() if k in {f.name for f in spec.config_class.__dataclass_fields__.values()}}
-        wrapped = cls(model, spec.config_class.from_dict(fields), tokenizer=tokenizer)
+        wrapped = cls(model, config, tokenizer=tokenizer)
         wrapped.task_info = record.get("task", {})
         wrapped.load_adapter_weights(read_adapter_weights(model_id), where=str(model_id))
         if not is_trainable:

@@ -36,7 +36,7 @@ from peftkit.errors import AdapterFileError, AdapterMismatchError, PeftkitError,
 from peftkit.methods.pasta import PastaConfig, resolve_special_token_ids
 from peftkit.models import check_backbone_identity, encoder_layers, head_module_names, hidden_size
 from peftkit.models.backbones import backbone as bare_backbone
-from peftkit.peft_model import read_adapter_config, read_adapter_weights
+from peftkit.peft_model import adapter_method_config, peft_method_types, read_adapter_config, read_adapter_weights
 
 # Task kinds recorded in adapter_config.json["task"]["kind"] → the task model class whose head
 # the adapter trained. PEFT records its own task_type instead.
@@ -201,14 +201,13 @@ def _task_model_class_of(name: str, record: dict, task_model_classes: Mapping[st
 
 def _load_pasta_task(name, directory, record, backbone, tokenizer, model_class) -> _LoadedTask:
     where = str(directory)
-    if record["peftkit_method"] != "pasta":
+    config = adapter_method_config(record, f"{where}/adapter_config.json")
+    if not isinstance(config, PastaConfig):
         raise AdapterMismatchError(
             f"{where} is a {record['peftkit_method']!r} adapter; mixed-task batches take PASTA adapters "
             "(per-row special-token tables) and LoRA adapters (PEFT's per-row adapter_names). Other "
             "methods change weights every row shares: serve them with one PeftModel per task."
         )
-    fields = {k: v for k, v in record.items() if k in {f.name for f in dataclasses.fields(PastaConfig)}}
-    config = PastaConfig.from_dict(fields)
     tensors = read_adapter_weights(directory)
     table = tensors.pop("adapter.special_token_embeddings", None)
     layers = list(range(len(encoder_layers(backbone)))) if config.layers is None else list(config.layers)
@@ -340,12 +339,10 @@ class MultiTaskModel(nn.Module):
                 raise PeftkitError(f"task name {name!r} is not usable: give a non-empty name without dots.")
             record = read_adapter_config(directory)
             model_class = _task_model_class_of(name, record, task_model_classes, str(directory))
-            if "peftkit_method" in record:
+            if "peftkit_method" in record or record.get("peft_type") not in peft_method_types():
                 task = _load_pasta_task(name, directory, record, backbone, tokenizer, model_class)
-            elif record.get("peft_type") is not None:
+            else:  # a PEFT adapter
                 task = _load_lora_task(name, directory, record, backbone, model_class)
-            else:
-                raise AdapterFileError(f"{directory}/adapter_config.json names no method (peftkit_method or peft_type).")
             loaded.append(task)
         pasta = [task for task in loaded if task.method == "pasta"]
         for task in pasta[1:]:

@@ -348,3 +348,19 @@ def test_float32_adapters_serve_on_a_half_precision_backbone(pasta_dirs, pasta_m
     for got, want in zip(served.task_logits(input_ids, attention_mask, tasks), expected):
         assert got.dtype == dtype
         torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.1)
+
+
+def test_a_damaged_adapter_config_is_refused_naming_file_and_field(pasta_dirs, tmp_path):
+    import json
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(pasta_dirs["sentiment"], damaged)
+    record = json.loads((damaged / "adapter_config.json").read_text())
+    (damaged / "adapter_config.json").write_text(json.dumps({**record, "num_special_tokens": "2"}))
+    with pytest.raises(AdapterFileError, match=r"damaged/adapter_config.json.*num_special_tokens must be an int"):
+        MultiTaskModel.from_adapters(shared_backbone(), {"sentiment": damaged}, task_model_classes=CLASSES)
+    del record["peftkit_method"]
+    (damaged / "adapter_config.json").write_text(json.dumps(record))
+    with pytest.raises(AdapterFileError, match=r"Add \"peftkit_method\": \"pasta\""):
+        MultiTaskModel.from_adapters(shared_backbone(), {"sentiment": damaged}, task_model_classes=CLASSES)
