@@ -198,6 +198,7 @@ class VptAdapter(MethodAdapter):
     def detach(self, model: nn.Module) -> None:
         self._embeddings_hook.remove()
         self._layer_hooks.remove()
+        self._frozen_backbone[0].train(self.training)  # the plain model again follows one mode
 
 
 register_method(VptConfig, VptAdapter)

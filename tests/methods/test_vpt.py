@@ -152,6 +152,7 @@ def test_prompt_dropout_defaults_and_backbone_kept_in_eval_while_training():
     vit.vit.train()  # even a backbone switched back by hand runs in eval
     assert torch.equal(model(pixel_values=images()).logits, first) and not vit.vit.layers[0].dropout.training
     hook.remove()
+    assert model.unload() is vit and vit.vit.layers[0].dropout.training  # unloaded: the model's own mode again
 
     deep = peftkit.get_peft_model(tiny_vit(), VptConfig(num_prompt_tokens=4, deep=True, prompt_dropout=0.5))
     deep.train()
