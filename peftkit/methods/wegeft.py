@@ -152,13 +152,15 @@ class WeGeFTLinear(nn.Module):
         return self._factors[1][self.key]
 
     def delta_weight(self) -> torch.Tensor:
-        """ΔW = s·W φ ψ (no dropout: used for merging and checking, not in training)."""
-        return self.scaling * (self.weight @ self.phi) @ self.psi
+        """ΔW = s·W φ ψ in float32 (no dropout: used for merging and checking, not in training)."""
+        return self.scaling * (self.weight.float() @ self.phi.float()) @ self.psi.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # φ and ψ are float32 on any base; the products run in the base's dtype.
         frozen = F.linear(x, self.weight, self.bias)  # x Wᵀ + b
-        generated = self.weight_dropout(self.weight) @ self.phi  # W φ: d_out × r
-        return frozen + self.scaling * F.linear(F.linear(x, self.psi), generated)  # + s·(x ψᵀ)(W φ)ᵀ
+        generated = self.weight_dropout(self.weight) @ self.phi.to(self.weight.dtype)  # W φ: d_out × r
+        update = F.linear(F.linear(x, self.psi.to(x.dtype)), generated.to(x.dtype))
+        return frozen + self.scaling * update  # + s·(x ψᵀ)(W φ)ᵀ
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, key={self.key!r}, scaling={self.scaling}"
@@ -227,8 +229,10 @@ class WeGeFTAdapter(MethodAdapter):
                 f"cannot have rank above d_in. Use WeGeFTConfig(rank=...) of at most {d_in}."
             )
         weight = linear.weight
-        phi = torch.zeros(d_in, rank, device=weight.device, dtype=weight.dtype)  # ΔW = 0 at start
-        psi = torch.empty(rank, d_in, device=weight.device, dtype=weight.dtype)
+        # float32 whatever the base's dtype (as PEFT's autocast_adapter_dtype): AMP's gradient
+        # scaler refuses half-precision gradients, and small updates vanish in bfloat16.
+        phi = torch.zeros(d_in, rank, device=weight.device, dtype=torch.float32)  # ΔW = 0 at start
+        psi = torch.empty(rank, d_in, device=weight.device, dtype=torch.float32)
         nn.init.kaiming_uniform_(psi, a=math.sqrt(5))  # as nn.Linear(d_in, r): bound 1/sqrt(d_in)
         self.phi[key] = nn.Parameter(phi)
         self.psi[key] = nn.Parameter(psi)

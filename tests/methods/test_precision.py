@@ -1,4 +1,4 @@
-"""Half-precision bases: the hook methods' tables stay float32 (as PEFT's autocast_adapter_dtype),
+"""Half-precision bases: the hook methods' tables (and WeGeFT's φ, ψ) stay float32 (as PEFT's autocast_adapter_dtype),
 their vectors are cast to the hidden state's dtype, and nothing needs the base to stay float32."""
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 0.1, torch.float16: 0.02}
 
 def adapted(method: str, dtype: torch.dtype):
     """(PeftModel over a ``dtype`` base, its inputs, the name of its float32 table)."""
-    if method == "pasta":
+    if method in ("pasta", "wegeft"):
         base = make_tiny_model("bert").to(dtype)
-        config = peftkit.PastaConfig(special_token_ids=special_ids("bert"), init="normal")
+        config = peftkit.PastaConfig(special_token_ids=special_ids("bert"), init="normal") if method == "pasta" \
+            else peftkit.WeGeFTConfig(rank=4, dropout=0.0)
         return peftkit.get_peft_model(base, config), {**make_batch("bert"), "labels": torch.tensor([0, 2])}
     base = tiny_vit().to(dtype)
     config = peftkit.VptConfig(num_prompt_tokens=3, deep=method == "vpt-deep")
     return peftkit.get_peft_model(base, config), {"pixel_values": images().to(dtype), "labels": torch.tensor([0, 1, 2, 0])}
 
 
-@pytest.mark.parametrize("method", ["pasta", "vpt-shallow", "vpt-deep"])
+@pytest.mark.parametrize("method", ["pasta", "vpt-shallow", "vpt-deep", "wegeft"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_float32_tables_on_a_base_of_any_dtype(method, dtype):
     torch.manual_seed(0)
@@ -84,3 +85,15 @@ def test_autocast_bfloat16_on_a_float32_base():
         loss = model(**inputs).loss
     loss.backward()
     assert model.adapter.special_token_embeddings.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_wegeft_merges_its_float32_factors_into_a_half_precision_base(dtype):
+    model, inputs = adapted("wegeft", dtype)
+    with torch.no_grad():
+        for phi in model.adapter.phi.values():
+            phi.normal_(std=0.1)
+        adapted_logits = model(**inputs).logits
+        merged = model.merge_and_unload()
+        assert merged.bert.encoder.layer[0].attention.self.query.weight.dtype == dtype
+        torch.testing.assert_close(merged(**inputs).logits, adapted_logits, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
