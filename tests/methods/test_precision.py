@@ -1,4 +1,4 @@
-"""Half-precision bases: the hook methods' tables (and WeGeFT's φ, ψ) stay float32 (as PEFT's autocast_adapter_dtype),
+"""Half-precision bases: the hook methods' tables (and WeGeFT's φ, ψ, LoRA fusion's coefficients and magnitudes) stay float32 (as PEFT's autocast_adapter_dtype),
 their vectors are cast to the hidden state's dtype, and nothing needs the base to stay float32."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import torch
 from transformers import BertModel
 
 import peftkit
+from tests.methods.test_lora_fusion import make_pool_lora
 from tests.methods.test_vpt import images, tiny_vit
 from tests.tiny_models import FAMILY_CONFIGS, make_batch, make_tiny_model, special_ids
 
@@ -15,27 +16,36 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 0.1, torch.float16: 0.02}
 
 
-def adapted(method: str, dtype: torch.dtype):
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> list[str]:
+    directory = tmp_path_factory.mktemp("pool")
+    return [make_pool_lora(directory / f"lora{k}", seed=k, model=make_tiny_model("bert")) for k in range(2)]
+
+
+def adapted(method: str, dtype: torch.dtype, pool: list[str] | None = None):
     """(PeftModel over a ``dtype`` base, its inputs, the name of its float32 table)."""
-    if method in ("pasta", "wegeft"):
+    if method in ("pasta", "wegeft", "lora-fusion"):
         base = make_tiny_model("bert").to(dtype)
-        config = peftkit.PastaConfig(special_token_ids=special_ids("bert"), init="normal") if method == "pasta" \
-            else peftkit.WeGeFTConfig(rank=4, dropout=0.0)
+        config = {
+            "pasta": lambda: peftkit.PastaConfig(special_token_ids=special_ids("bert"), init="normal"),
+            "wegeft": lambda: peftkit.WeGeFTConfig(rank=4, dropout=0.0),
+            "lora-fusion": lambda: peftkit.LoraFusionConfig(pool=pool),
+        }[method]()
         return peftkit.get_peft_model(base, config), {**make_batch("bert"), "labels": torch.tensor([0, 2])}
     base = tiny_vit().to(dtype)
     config = peftkit.VptConfig(num_prompt_tokens=3, deep=method == "vpt-deep")
     return peftkit.get_peft_model(base, config), {"pixel_values": images().to(dtype), "labels": torch.tensor([0, 1, 2, 0])}
 
 
-@pytest.mark.parametrize("method", ["pasta", "vpt-shallow", "vpt-deep", "wegeft"])
+@pytest.mark.parametrize("method", ["pasta", "vpt-shallow", "vpt-deep", "wegeft", "lora-fusion"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_float32_tables_on_a_base_of_any_dtype(method, dtype):
+def test_float32_tables_on_a_base_of_any_dtype(method, dtype, pool):
     torch.manual_seed(0)
-    model, inputs = adapted(method, dtype)
+    model, inputs = adapted(method, dtype, pool)
     table = next(param for name, param in model.adapter.named_parameters())
     assert table.dtype == torch.float32
     with torch.no_grad():
-        reference = adapted(method, torch.float32)[0]
+        reference = adapted(method, torch.float32, pool)[0]
         reference.adapter.load_state_dict(model.adapter.state_dict())
         expected = reference(**{**inputs, **_float(inputs)}).logits
     outputs = model(**inputs)
