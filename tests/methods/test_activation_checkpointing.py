@@ -115,3 +115,15 @@ def test_pasta_hooks_follow_a_layer_wrapped_after_attaching():
     # The hooks now sit on the wrappers, outside what a checkpoint recomputes.
     assert [module for module, _ in model.adapter._hooks._handles.values()] == list(encoder_layers(base))
     assert all(type(module).__name__ != "CheckpointWrapper" for module in hooked)
+
+
+def test_pasta_refuses_clearly_a_checkpointed_region_of_several_layers():
+    """Checkpointing the whole encoder recomputes PASTA's layers in backward, after the forward's
+    special-token positions are gone: refused with the fix, never silently wrong."""
+    base = make_tiny_model("bert")
+    model = peftkit.get_peft_model(base, peftkit.PastaConfig(special_token_ids=special_ids("bert"), init="normal"))
+    base.bert.encoder = checkpoint_wrapper(base.bert.encoder, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    model.train()
+    loss = model(**make_batch("bert"), labels=torch.tensor([0, 2])).loss
+    with pytest.raises(peftkit.errors.SpecialTokenError, match="checkpoint each layer"):
+        loss.backward()
