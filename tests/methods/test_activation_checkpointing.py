@@ -71,6 +71,8 @@ def method_cases(tmp_path):
         "wegeft": text_case(lambda: peftkit.WeGeFTConfig(rank=4)),
         "lora-fusion": text_case(lambda: peftkit.LoraFusionConfig(pool=pool)),
         "bitfit": text_case(lambda: peftkit.BitFitConfig()),
+        "full": text_case(lambda: peftkit.FullFinetuneConfig()),
+        "linear": text_case(lambda: peftkit.LinearProbeConfig()),
         "vpt-shallow": (lambda: (tiny_vit(), peftkit.VptConfig(num_prompt_tokens=3)), vit_inputs),
         "vpt-deep": (lambda: (tiny_vit(), peftkit.VptConfig(num_prompt_tokens=3, deep=True)), vit_inputs),
     }
@@ -93,7 +95,7 @@ def gradients(build, inputs, kind: str | None) -> dict[str, torch.Tensor]:
     return grads
 
 
-@pytest.mark.parametrize("method", ["pasta", "vpt-shallow", "vpt-deep", "wegeft", "lora-fusion", "bitfit"])
+@pytest.mark.parametrize("method", ["pasta", "vpt-shallow", "vpt-deep", "wegeft", "lora-fusion", "bitfit", "full", "linear"])
 def test_gradients_equal_the_run_without_checkpointing(method, tmp_path, single_torch_thread):
     build, inputs = method_cases(tmp_path)[method]
     reference = gradients(build, inputs, None)
