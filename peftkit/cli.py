@@ -79,6 +79,7 @@ def train_command(
     eval_batch_size: int = 64,
     max_steps: int | None = None,
     checkpoint_every: int = 50,
+    activation_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Train a method on a task and save the best adapter, metrics.json and learning_curve.png.
 
@@ -114,6 +115,7 @@ def train_command(
         eval_batch_size: Examples per validation batch.
         max_steps: Stop after this many optimizer steps.
         checkpoint_every: Optimizer steps between resumable checkpoints.
+        activation_checkpointing: Recompute layer activations in backward to save memory.
     """
     import transformers
 
@@ -137,6 +139,7 @@ def train_command(
         gradient_accumulation_steps=gradient_accumulation_steps, mixed_precision=mixed_precision,
         warmup_ratio=warmup_ratio, weight_decay=weight_decay, lr_scheduler=lr_scheduler,
         eval_batch_size=eval_batch_size, max_steps=max_steps, checkpoint_every=checkpoint_every,
+        activation_checkpointing=activation_checkpointing,
     )
     loaded_task = data.load_task(task_config)
     output_dir = Path(output or Path("runs") / f"{recipes.canonical_method(method)}-{loaded_task.name}")

@@ -182,6 +182,34 @@ def test_eval_refuses_a_task_with_other_labels(model_dir, sentiment_dir, tmp_pat
     assert "same labels" in capsys.readouterr().err
 
 
+def test_train_with_activation_checkpointing_gives_the_same_run(model_dir, sentiment_dir, tmp_path, monkeypatch):
+    import peftkit.training.loop as loop
+
+    used = []
+
+    def spy(model):
+        used.append(enable_activation_checkpointing(model))
+        layers = encoder_layers(model.base_model)
+        assert all(layer.gradient_checkpointing for layer in layers)
+        return used[-1]
+
+    enable_activation_checkpointing = loop.enable_activation_checkpointing
+    from peftkit.models import encoder_layers
+
+    monkeypatch.setattr(loop, "enable_activation_checkpointing", spy)
+    plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
+    assert main(train_args(model_dir, sentiment_dir, plain, "--learning-rate", "0.03")) == 0
+    assert used == []
+    assert main(train_args(model_dir, sentiment_dir, checkpointed, "--learning-rate", "0.03", "--activation-checkpointing")) == 0
+    assert used == ["transformers"]
+    plain_metrics = json.loads((plain / "metrics.json").read_text())
+    metrics = json.loads((checkpointed / "metrics.json").read_text())
+    assert metrics["config"]["activation_checkpointing"] is True
+    # Dropout is on while training: equal losses mean the recomputed layers saw the same masks.
+    assert [loss for _, loss in metrics["train_loss"]] == pytest.approx([loss for _, loss in plain_metrics["train_loss"]])
+    assert metrics["best_metric"] == plain_metrics["best_metric"]
+
+
 # -- the image path: default backbone, image predict, wrong-kind models --------------------------------
 
 

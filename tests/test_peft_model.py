@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -111,8 +112,63 @@ def test_unknown_fields_in_config_are_named(tmp_path):
     record = json.loads((tmp_path / "adapter_config.json").read_text())
     record["peftkit_method"] = "no-such-method"
     (tmp_path / "adapter_config.json").write_text(json.dumps(record))
-    with pytest.raises(MethodConfigError, match="unknown method 'no-such-method'"):
+    with pytest.raises(AdapterFileError, match="adapter_config.json: field peftkit_method is 'no-such-method'"):
         peftkit.PeftModel.from_pretrained(make_tiny_model("bert"), tmp_path)
+
+
+def rewrite_config(directory, change):
+    path = directory / "adapter_config.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps(change(record)))
+
+
+def test_a_models_config_json_in_place_of_the_adapter_config(tmp_path):
+    trained_adapter("bert", tmp_path / "adapter")
+    make_tiny_model("bert").save_pretrained(tmp_path / "base")
+    (tmp_path / "adapter" / "adapter_config.json").write_text((tmp_path / "base" / "config.json").read_text())
+    with pytest.raises(AdapterFileError, match=r"adapter_config.json is a model's config.json.*peft_type is missing.*save_pretrained"):
+        peftkit.PeftModel.from_pretrained(make_tiny_model("bert"), tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"pasta"', "null"])
+def test_a_config_that_is_not_a_json_object(content, tmp_path):
+    trained_adapter("bert", tmp_path)
+    (tmp_path / "adapter_config.json").write_text(content)
+    with pytest.raises(AdapterFileError, match=r"adapter_config.json holds a JSON \w+, not an object"):
+        peftkit.PeftModel.from_pretrained(make_tiny_model("bert"), tmp_path)
+
+
+def test_a_record_without_peftkit_method_says_which_to_add(tmp_path):
+    trained_adapter("bert", tmp_path)
+    rewrite_config(tmp_path, lambda record: {k: v for k, v in record.items() if k != "peftkit_method"})
+    with pytest.raises(AdapterFileError, match=r"adapter_config.json has peft_type 'PASTA'.*Add \"peftkit_method\": \"pasta\""):
+        peftkit.PeftModel.from_pretrained(make_tiny_model("bert"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("num_special_tokens", "3", "must be an int"),
+        ("special_token_ids", [2, "3"], "must be a list of int, or null"),
+        ("dropout", "0.1", "must be a number, or null"),
+        ("layers", 1, "must be a list of int, or null"),
+        ("base_model_identity", [], "must be a JSON object"),
+    ],
+)
+def test_fields_of_the_wrong_type_are_named_with_the_file(field, value, expected, tmp_path):
+    trained_adapter("bert", tmp_path)
+    rewrite_config(tmp_path, lambda record: {**record, field: value})
+    with pytest.raises(AdapterFileError, match=rf"adapter_config.json.*{field}.*{expected}"):
+        peftkit.PeftModel.from_pretrained(make_tiny_model("bert"), tmp_path)
+
+
+@pytest.mark.parametrize("config_class", sorted(peftkit.methods.config_classes().values(), key=lambda c: c.__name__), ids=lambda c: c.__name__)
+def test_every_method_configs_fields_are_type_checked(config_class):
+    """Generic, from the dataclass annotations: a JSON object fits no method field."""
+    for field in dataclasses.fields(config_class):
+        with pytest.raises(MethodConfigError, match=rf"{config_class.__name__}\.{field.name} must be"):
+            config_class.from_dict({field.name: {"wrong": "type"}})
+        assert config_class.from_dict({field.name: getattr(config_class(), field.name)}) == config_class()
 
 
 def test_get_peft_model_rejects_non_configs():

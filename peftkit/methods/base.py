@@ -9,8 +9,11 @@ saved, so save/load never needs to know which method it is handling.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
+import types
+import typing
 from typing import Any, ClassVar
 
 from torch import nn
@@ -33,6 +36,12 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MethodConfig":
+        """The config from JSON-like values (an adapter file, ``--method-options``).
+
+        Raises:
+            MethodConfigError: a name that is not a field, or a value whose type is not the
+                field's declared type (checked from the dataclass annotations, for every method).
+        """
         names = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -40,7 +49,55 @@ class MethodConfig:
                 f"{cls.__name__} has no field(s) {', '.join(unknown)}; "
                 f"its fields are {', '.join(sorted(names))}."
             )
+        hints = typing.get_type_hints(cls)
+        for name, value in values.items():
+            if not _matches(value, hints[name]):
+                default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+                example = "" if default in (None, dataclasses.MISSING) else f" (its default is {default!r})"
+                raise MethodConfigError(
+                    f"{cls.__name__}.{name} must be {_describe(hints[name])}, not {value!r} "
+                    f"({type(value).__name__}){example}."
+                )
         return cls(**values)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON-like value fits a field annotation (int for float is fine, bool for int is not)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arm) for arm in args)
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, (list, tuple)) and all(_matches(item, args[0]) for item in value) if args else \
+            isinstance(value, (list, tuple))
+    if origin is dict:
+        return isinstance(value, dict) and (not args or all(
+            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    """An annotation in words: "an int", "a list of int, or null"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        arms = [arm for arm in args if arm is not type(None)]
+        described = " or ".join(_describe(arm) for arm in arms)
+        return f"{described}, or null" if len(arms) < len(args) else described
+    if origin in (list, tuple, collections.abc.Sequence):
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}" if args else "a list"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    name = {bool: "true or false", str: "a string", int: "an int", float: "a number"}.get(hint)
+    return name or getattr(hint, "__name__", str(hint))
 
 
 class MethodAdapter(nn.Module):

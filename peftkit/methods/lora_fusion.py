@@ -264,7 +264,7 @@ class FusedLoraLinear(nn.Module):
         return self._original[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self._adapter[0].fused_weight(self.key, self.weight), self.bias)
+        return F.linear(x, self._adapter[0].fused_weight(self.key, self.weight).to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, key={self.key!r}"
@@ -304,13 +304,17 @@ class LoraFusionAdapter(MethodAdapter):
         for module_path in pool[0].factors:
             name, linear = _find_linear(model, module_path, pool[0].directory)
             targets[name] = (linear, module_path)
-        order = {name: index for index, (name, _) in enumerate(model.named_modules())}
-        targets = dict(sorted(targets.items(), key=lambda item: order[item[0]]))
+        # By module, not name: under a layer already wrapped for activation checkpointing the
+        # module's name holds the wrapper's attribute, the pool's path does not.
+        order = {id(module): index for index, module in enumerate(model.modules())}
+        targets = dict(sorted(targets.items(), key=lambda item: order[id(item[1][0])]))
         block_of = self._blocks(model, targets)
         blocks = sorted(set(block_of.values()))
 
         weight = next(iter(targets.values()))[0].weight
-        factory = {"device": weight.device, "dtype": weight.dtype}
+        # float32 whatever the base's dtype (as PEFT's autocast_adapter_dtype): the trained
+        # coefficients and magnitudes, and the pool they mix; W' is cast to the input's dtype.
+        factory = {"device": weight.device, "dtype": torch.float32}
         coefficients = torch.empty(len(pool), len(blocks), **factory)
         if config.coefficient_init == "xavier":
             nn.init.xavier_uniform_(coefficients)  # as the official torch.empty(lora_num, num_blocks)
@@ -424,7 +428,7 @@ class LoraFusionAdapter(MethodAdapter):
         """m = ‖W0‖_col (official) or ‖W0 + ΔW‖_col at the initial coefficients."""
         for parent, child_name in self._replaced:
             wrapper = getattr(parent, child_name)
-            weight = wrapper.weight
+            weight = wrapper.weight.float()  # norms of a half-precision base, in float32
             if how == "fused":
                 weight = weight + self.delta_weight(wrapper.key)
             self.magnitudes[wrapper.key].copy_(torch.linalg.vector_norm(weight, dim=1))

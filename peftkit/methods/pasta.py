@@ -22,6 +22,18 @@ hard-codes ids 101/102 and takes the count of special tokens from the first row)
 padding side, any mix of single and pair rows and any family work; the tables start at zero
 (``init="zeros"``) so step 0 equals the frozen model, with ``init="normal"`` following the
 official normal(0, initializer_range).
+
+Padding is never adapted: a position with ``attention_mask == 0`` is not a special token,
+whatever its id (GPT-2-style tokenizers pad with their end token, some RoBERTa setups with
+</s>), so neither its vector nor the slot count of the real tokens after it change.
+
+Precision and activation checkpointing: the tables stay float32 on half-precision bases (as
+PEFT's ``autocast_adapter_dtype``), so optimizers and AMP's gradient scaler see float32; the
+added vectors are cast to the hidden state's dtype. The hooks sit on whatever module holds
+each layer's slot at forward time, so when a layer is wrapped later (torch's
+``checkpoint_wrapper``, FSDP) the addition moves outside the checkpointed region and is
+never recomputed: recomputation needs no per-forward positions, and a reentrant checkpoint
+sees an input that requires grad.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from torch import nn
 from peftkit.errors import SpecialTokenError
 from peftkit.methods.base import MethodAdapter, MethodConfig
 from peftkit.methods.registry import register_method
-from peftkit.models import encoder_layers, hidden_dropout_prob, hidden_size, special_token_ids_from_config
+from peftkit.models import LayerPreHooks, encoder_layers, hidden_dropout_prob, hidden_size, special_token_ids_from_config
 
 
 @dataclasses.dataclass
@@ -110,9 +122,12 @@ class PastaAdapter(MethodAdapter):
         self.register_buffer(
             "special_ids", torch.tensor(self.special_token_ids, dtype=torch.long), persistent=False
         )
-        dtype = next(model.parameters()).dtype
-        # One (M x hidden) table per adapted layer, stored as one (layers, M, hidden) tensor.
-        table = torch.zeros(len(self.layer_indices), config.num_special_tokens, hidden_size(model), dtype=dtype)
+        device = next(model.parameters()).device
+        # One (M x hidden) table per adapted layer, stored as one (layers, M, hidden) tensor;
+        # float32 whatever the base's dtype, so it trains in full precision under fp16/bf16.
+        table = torch.zeros(
+            len(self.layer_indices), config.num_special_tokens, hidden_size(model), dtype=torch.float32, device=device
+        )
         if config.init == "normal":
             nn.init.normal_(table, std=getattr(model.config, "initializer_range", 0.02))
         elif config.init != "zeros":
@@ -121,19 +136,25 @@ class PastaAdapter(MethodAdapter):
         self.dropout = nn.Dropout(hidden_dropout_prob(model) if config.dropout is None else config.dropout)
         # (rows, columns, slots) of the special tokens in the batch being run; set per forward.
         self._positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._hooks = [
-            layers[layer].register_forward_pre_hook(self._make_hook(table_index), with_kwargs=True)
-            for table_index, layer in enumerate(self.layer_indices)
-        ]
+        self._hooks = LayerPreHooks(
+            model, {layer: self._make_hook(table_index) for table_index, layer in enumerate(self.layer_indices)}
+        )
 
-    def special_token_positions(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows, columns and slot (occurrence order, capped at M-1) of every special token."""
+    def special_token_positions(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows, columns and slot (occurrence order, capped at M-1) of every special token.
+
+        ``input_ids`` and ``attention_mask`` are (batch, seq); positions the mask marks 0 are
+        padding and never special, whatever their id."""
         special_token_mask = torch.isin(input_ids, self.special_ids.to(input_ids.device))
+        if attention_mask is not None:
+            special_token_mask &= attention_mask.to(input_ids.device).bool()
         missing = (~special_token_mask.any(dim=1)).nonzero().flatten()
         if len(missing):
             raise SpecialTokenError(
                 f"row(s) {missing.tolist()[:5]} of input_ids contain none of the special tokens "
-                f"{self.special_token_ids}, so PASTA cannot adapt them. Tokenize with "
+                f"{self.special_token_ids} outside padding, so PASTA cannot adapt them. Tokenize with "
                 "add_special_tokens=True (the default), or set PastaConfig(special_token_ids=...) "
                 "to ids your inputs contain."
             )
@@ -150,7 +171,8 @@ class PastaAdapter(MethodAdapter):
                 "PASTA finds special tokens by their ids: call the model with input_ids, "
                 "not inputs_embeds."
             )
-        self._positions = self.special_token_positions(input_ids)
+        self._hooks.follow_wrappers()  # layers wrapped since the last forward (checkpoint_wrapper, FSDP)
+        self._positions = self.special_token_positions(input_ids, inputs.get("attention_mask"))
         try:
             yield
         finally:
@@ -161,24 +183,25 @@ class PastaAdapter(MethodAdapter):
             if self._positions is None:
                 raise SpecialTokenError(
                     "a PASTA-adapted layer ran outside PeftModel.forward; call the wrapped "
-                    "model returned by get_peft_model, not the base model."
+                    "model returned by get_peft_model, not the base model. (Under activation "
+                    "checkpointing this means a checkpointed region holds several layers: "
+                    "checkpoint each layer, with gradient_checkpointing_enable() or "
+                    "checkpoint_wrapper on every layer.)"
                 )
             rows, columns, slots = self._positions
-            delta = self.dropout(self.special_token_embeddings[table_index][slots])
+            hidden = args[0] if args else kwargs["hidden_states"]
+            # float32 table, hidden state in the model's dtype (bf16/fp16 bases)
+            delta = self.dropout(self.special_token_embeddings[table_index][slots]).to(hidden.dtype)
             if args:
-                hidden = args[0]
                 # h[special] += e_l[slot]  (out of place, so autograd sees it)
                 return (hidden.index_put((rows, columns), delta, accumulate=True), *args[1:]), kwargs
-            hidden = kwargs["hidden_states"]
             kwargs["hidden_states"] = hidden.index_put((rows, columns), delta, accumulate=True)
             return args, kwargs
 
         return add_special_token_vectors
 
     def detach(self, model: nn.Module) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self._hooks.remove()
 
 
 register_method(PastaConfig, PastaAdapter)

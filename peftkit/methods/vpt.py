@@ -17,9 +17,17 @@ What we followed, after reading the paper and the official code (KMnP/vpt,
 official Xavier-style bound, 3 being the RGB patch conv's input channels); dropout on the
 prompts (expanded over the batch, so every row gets its own mask), 0.1 for deep and 0.0 for
 shallow by default; and the frozen backbone always runs in eval mode, also while training
-(the official code overrides ``train()`` for that): here ``forward_context`` switches the
-backbone's modules to eval around every forward and restores their modes afterwards, so
-``model.train()`` turns on only the prompt dropout (and the head's, if it has any).
+(the official code overrides ``train()`` for that): here the adapter's ``train()`` (reached
+from ``PeftModel.train()``) and every forward put the backbone's modules in eval mode and
+leave them there, so ``model.train()`` turns on only the prompt dropout (and the head's, if it
+has any). The modes must stay put, not be restored after each forward: activation
+checkpointing recomputes layers during backward, and a recomputation with the backbone's
+dropout back on would give other activations than the forward. The one exception is each
+Transformer layer's own flag (``GradientCheckpointingLayer``), which holds no dropout and only
+switches transformers' activation checkpointing on in training.
+
+The prompts are float32 whatever the base's dtype (as PEFT's ``autocast_adapter_dtype``) and
+are cast to the hidden state's dtype when inserted.
 """
 
 from __future__ import annotations
@@ -31,11 +39,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from peftkit.errors import DataError, MethodConfigError, UnsupportedModelError
 from peftkit.methods.base import MethodAdapter, MethodConfig
 from peftkit.methods.registry import register_method
-from peftkit.models import encoder_layers, hidden_size
+from peftkit.models import LayerPreHooks, encoder_layers, hidden_size
 from peftkit.models.backbones import backbone
 
 # model_type -> the learned tokens the embeddings put before the patches; prompts go after them.
@@ -92,8 +101,11 @@ class VptAdapter(MethodAdapter):
         patch_h, patch_w = _pair(model.config.patch_size)
         hidden = hidden_size(model)
 
-        dtype = next(model.parameters()).dtype
-        prompts = torch.zeros(len(layers) if config.deep else 1, config.num_prompt_tokens, hidden, dtype=dtype)
+        device = next(model.parameters()).device
+        # float32 on any base: trained in full precision, cast to the hidden state's dtype on use
+        prompts = torch.zeros(
+            len(layers) if config.deep else 1, config.num_prompt_tokens, hidden, dtype=torch.float32, device=device
+        )
         if config.init == "uniform":
             bound = math.sqrt(6.0 / (3 * patch_h * patch_w + hidden))
             nn.init.uniform_(prompts, -bound, bound)
@@ -106,12 +118,22 @@ class VptAdapter(MethodAdapter):
 
         # A tuple, not an attribute holding the module, so the backbone is not registered twice.
         self._frozen_backbone = (base,)
-        self._hooks = [embeddings.register_forward_hook(self._insert_prompts)]
-        if config.deep:
-            self._hooks += [
-                layers[i].register_forward_pre_hook(self._make_replace_hook(i), with_kwargs=True)
-                for i in range(1, len(layers))
-            ]
+        self._embeddings_hook = embeddings.register_forward_hook(self._insert_prompts)
+        self._layer_hooks = LayerPreHooks(
+            model, {i: self._make_replace_hook(i) for i in range(1, len(layers))} if config.deep else {}
+        )
+        self.keep_backbone_in_eval()
+
+    def keep_backbone_in_eval(self) -> None:
+        """Every backbone module in eval mode except the layers' own checkpointing switch."""
+        for module in self._frozen_backbone[0].modules():
+            if not isinstance(module, GradientCheckpointingLayer):
+                module.training = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.keep_backbone_in_eval()  # PeftModel.train() reaches the backbone first, then here
+        return self
 
     def _prompts(self, layer: int, batch_size: int) -> torch.Tensor:
         return self.prompt_dropout(self.prompt_embeddings[layer].expand(batch_size, -1, -1))
@@ -167,19 +189,16 @@ class VptAdapter(MethodAdapter):
                 "VPT lengthens the sequence by the prompts, so an attention_mask over the patches "
                 "no longer fits it; call the model without attention_mask (ViT does not need one)."
             )
-        # The frozen backbone runs in eval mode (dropout off) even while the prompts train.
-        modes = [(module, module.training) for module in self._frozen_backbone[0].modules()]
-        self._frozen_backbone[0].eval()
-        try:
-            yield
-        finally:
-            for module, mode in modes:
-                module.training = mode
+        # The frozen backbone runs in eval mode (dropout off) even while the prompts train, also
+        # when the user switched it back to training (base_model.train()).
+        self.keep_backbone_in_eval()
+        self._layer_hooks.follow_wrappers()
+        yield
 
     def detach(self, model: nn.Module) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self._embeddings_hook.remove()
+        self._layer_hooks.remove()
+        self._frozen_backbone[0].train(self.training)  # the plain model again follows one mode
 
 
 register_method(VptConfig, VptAdapter)

@@ -43,6 +43,7 @@ from peftkit.errors import MethodConfigError, UnsupportedModelError
 from peftkit.methods.base import MethodAdapter, MethodConfig
 from peftkit.methods.registry import register_method
 from peftkit.models import encoder_layers, head_module_names
+from peftkit.models.backbones import CHECKPOINT_WRAPPER_ATTRIBUTE
 
 # The family's own query/value names: ours where PEFT's LoRA target map has none, else PEFT's
 # (BERT/RoBERTa/ELECTRA: query/value, DeBERTa-v2: query_proj/value_proj, Llama: q_proj/v_proj).
@@ -107,7 +108,12 @@ def _layer_relative_paths(model: nn.Module) -> dict[int, str]:
         layers = encoder_layers(model)
     except UnsupportedModelError:
         return {}  # no layer stack: every module is its own type
-    return {id(module): name for layer in layers for name, module in layer.named_modules() if name}
+    # A layer already wrapped by torch's checkpoint_wrapper names its modules under the wrapper's
+    # attribute; the type is the same module (shared pair, same saved name) either way.
+    return {
+        id(module): name.removeprefix(f"{CHECKPOINT_WRAPPER_ATTRIBUTE}.")
+        for layer in layers for name, module in layer.named_modules() if name
+    }
 
 
 class WeGeFTLinear(nn.Module):
@@ -146,13 +152,15 @@ class WeGeFTLinear(nn.Module):
         return self._factors[1][self.key]
 
     def delta_weight(self) -> torch.Tensor:
-        """ΔW = s·W φ ψ (no dropout: used for merging and checking, not in training)."""
-        return self.scaling * (self.weight @ self.phi) @ self.psi
+        """ΔW = s·W φ ψ in float32 (no dropout: used for merging and checking, not in training)."""
+        return self.scaling * (self.weight.float() @ self.phi.float()) @ self.psi.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # φ and ψ are float32 on any base; the products run in the base's dtype.
         frozen = F.linear(x, self.weight, self.bias)  # x Wᵀ + b
-        generated = self.weight_dropout(self.weight) @ self.phi  # W φ: d_out × r
-        return frozen + self.scaling * F.linear(F.linear(x, self.psi), generated)  # + s·(x ψᵀ)(W φ)ᵀ
+        generated = self.weight_dropout(self.weight) @ self.phi.to(self.weight.dtype)  # W φ: d_out × r
+        update = F.linear(F.linear(x, self.psi.to(x.dtype)), generated.to(x.dtype))
+        return frozen + self.scaling * update  # + s·(x ψᵀ)(W φ)ᵀ
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, key={self.key!r}, scaling={self.scaling}"
@@ -221,8 +229,10 @@ class WeGeFTAdapter(MethodAdapter):
                 f"cannot have rank above d_in. Use WeGeFTConfig(rank=...) of at most {d_in}."
             )
         weight = linear.weight
-        phi = torch.zeros(d_in, rank, device=weight.device, dtype=weight.dtype)  # ΔW = 0 at start
-        psi = torch.empty(rank, d_in, device=weight.device, dtype=weight.dtype)
+        # float32 whatever the base's dtype (as PEFT's autocast_adapter_dtype): AMP's gradient
+        # scaler refuses half-precision gradients, and small updates vanish in bfloat16.
+        phi = torch.zeros(d_in, rank, device=weight.device, dtype=torch.float32)  # ΔW = 0 at start
+        psi = torch.empty(rank, d_in, device=weight.device, dtype=torch.float32)
         nn.init.kaiming_uniform_(psi, a=math.sqrt(5))  # as nn.Linear(d_in, r): bound 1/sqrt(d_in)
         self.phi[key] = nn.Parameter(phi)
         self.psi[key] = nn.Parameter(psi)

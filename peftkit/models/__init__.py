@@ -1,6 +1,7 @@
 """What peftkit knows about backbones: where the layers are, which ids are special."""
 
 from peftkit.models.backbones import (
+    LayerPreHooks,
     backbone_identity,
     check_backbone_identity,
     encoder_layers,
@@ -11,6 +12,7 @@ from peftkit.models.backbones import (
 )
 
 __all__ = [
+    "LayerPreHooks",
     "backbone_identity",
     "check_backbone_identity",
     "encoder_layers",

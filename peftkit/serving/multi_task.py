@@ -36,7 +36,7 @@ from peftkit.errors import AdapterFileError, AdapterMismatchError, PeftkitError,
 from peftkit.methods.pasta import PastaConfig, resolve_special_token_ids
 from peftkit.models import check_backbone_identity, encoder_layers, head_module_names, hidden_size
 from peftkit.models.backbones import backbone as bare_backbone
-from peftkit.peft_model import read_adapter_config, read_adapter_weights
+from peftkit.peft_model import adapter_method_config, peft_method_types, read_adapter_config, read_adapter_weights
 
 # Task kinds recorded in adapter_config.json["task"]["kind"] → the task model class whose head
 # the adapter trained. PEFT records its own task_type instead.
@@ -201,14 +201,13 @@ def _task_model_class_of(name: str, record: dict, task_model_classes: Mapping[st
 
 def _load_pasta_task(name, directory, record, backbone, tokenizer, model_class) -> _LoadedTask:
     where = str(directory)
-    if record["peftkit_method"] != "pasta":
+    config = adapter_method_config(record, f"{where}/adapter_config.json")
+    if not isinstance(config, PastaConfig):
         raise AdapterMismatchError(
             f"{where} is a {record['peftkit_method']!r} adapter; mixed-task batches take PASTA adapters "
             "(per-row special-token tables) and LoRA adapters (PEFT's per-row adapter_names). Other "
             "methods change weights every row shares: serve them with one PeftModel per task."
         )
-    fields = {k: v for k, v in record.items() if k in {f.name for f in dataclasses.fields(PastaConfig)}}
-    config = PastaConfig.from_dict(fields)
     tensors = read_adapter_weights(directory)
     table = tensors.pop("adapter.special_token_embeddings", None)
     layers = list(range(len(encoder_layers(backbone)))) if config.layers is None else list(config.layers)
@@ -340,12 +339,10 @@ class MultiTaskModel(nn.Module):
                 raise PeftkitError(f"task name {name!r} is not usable: give a non-empty name without dots.")
             record = read_adapter_config(directory)
             model_class = _task_model_class_of(name, record, task_model_classes, str(directory))
-            if "peftkit_method" in record:
+            if "peftkit_method" in record or record.get("peft_type") not in peft_method_types():
                 task = _load_pasta_task(name, directory, record, backbone, tokenizer, model_class)
-            elif record.get("peft_type") is not None:
+            else:  # a PEFT adapter
                 task = _load_lora_task(name, directory, record, backbone, model_class)
-            else:
-                raise AdapterFileError(f"{directory}/adapter_config.json names no method (peftkit_method or peft_type).")
             loaded.append(task)
         pasta = [task for task in loaded if task.method == "pasta"]
         for task in pasta[1:]:
@@ -394,11 +391,16 @@ class MultiTaskModel(nn.Module):
             )
 
     # -- the forward ----------------------------------------------------------------------
-    def special_token_positions(self, input_ids: torch.Tensor, task_of_row: torch.Tensor):
+    def special_token_positions(
+        self, input_ids: torch.Tensor, task_of_row: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ):
         """Rows, columns, slots and task of every special token of the PASTA rows; a row's slot
-        is its occurrence order capped at its own task's M - 1."""
+        is its occurrence order capped at its own task's M - 1. Padding (``attention_mask`` 0)
+        is never special, whatever its id."""
         slots_of_row = self.num_special_tokens[task_of_row]  # M of each row's task; 0 = not PASTA
         special_token_mask = torch.isin(input_ids, self.special_ids) & (slots_of_row > 0)[:, None]
+        if attention_mask is not None:
+            special_token_mask &= attention_mask.bool()
         missing = ((slots_of_row > 0) & ~special_token_mask.any(dim=1)).nonzero().flatten()
         if len(missing):
             raise SpecialTokenError(
@@ -428,8 +430,8 @@ class MultiTaskModel(nn.Module):
         return add_task_special_token_vectors
 
     @contextlib.contextmanager
-    def _rows_of_tasks(self, input_ids: torch.Tensor, task_of_row: torch.Tensor):
-        self._positions = self.special_token_positions(input_ids, task_of_row) if self._hooks else None
+    def _rows_of_tasks(self, input_ids: torch.Tensor, task_of_row: torch.Tensor, attention_mask: torch.Tensor | None):
+        self._positions = self.special_token_positions(input_ids, task_of_row, attention_mask) if self._hooks else None
         try:
             yield
         finally:
@@ -461,7 +463,7 @@ class MultiTaskModel(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        with self._rows_of_tasks(input_ids, task_of_row):
+        with self._rows_of_tasks(input_ids, task_of_row, attention_mask):
             if self.lora_backbone is not None:
                 adapter_names = [self._lora_adapter_of[name] for name in task_names]
                 outputs = self.lora_backbone(**inputs, adapter_names=adapter_names)

@@ -30,6 +30,7 @@ from transformers import get_scheduler
 
 from peftkit.errors import TrainingError
 from peftkit.files import atomic_write_json, ensure_output_dir
+from peftkit.training.activation_checkpointing import enable_activation_checkpointing
 from peftkit.training.checkpoint import (
     capture_rng_state,
     find_checkpoint,
@@ -79,6 +80,9 @@ class TrainingConfig:
     """Seeds the data order, dropout and every other random draw."""
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm of the trained parameters to this; None = no clipping."""
+    activation_checkpointing: bool = False
+    """Recompute each layer's activations in backward instead of keeping them (less memory,
+    about one more forward per step; same gradients, so a resumed run may switch it)."""
 
 
 # Settings a resumed run must share with the checkpoint, or it would not continue the same run.
@@ -267,6 +271,8 @@ def train(
         mixed_precision=config.mixed_precision,
     )
     set_seed(config.seed)
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(model)
     unwrapped = model
     optimizer = torch.optim.AdamW(_optimizer_groups(model, config.weight_decay), lr=config.learning_rate)
     # Own generators everywhere: a DataLoader without one draws its base seed from the global

@@ -7,7 +7,7 @@ import torch
 
 import peftkit
 from peftkit.errors import SpecialTokenError, UnsupportedModelError
-from tests.tiny_models import FAMILIES, make_batch, make_tiny_model, special_ids
+from tests.tiny_models import FAMILIES, PAD_ID, make_batch, make_tiny_model, special_ids
 
 
 def wrap(family: str, **config):
@@ -95,6 +95,40 @@ def test_positions_follow_each_rows_own_ids_any_padding_side():
     assert list(zip(rows.tolist(), columns.tolist(), slots.tolist())) == [
         (0, 2, 0), (0, 4, 1), (1, 0, 0), (1, 2, 1), (1, 4, 2),
     ]
+
+
+@pytest.mark.parametrize("pad_is", ["sep", "cls"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_is_never_adapted_whatever_id_it_shares(pad_is, side):
+    """GPT-2-style tokenizers pad with their end token (some RoBERTa setups with </s>): a pad
+    must get no vector and must not shift the slots of the row's real special tokens."""
+    _, peft_model = wrap("bert", num_special_tokens=3)
+    cls, sep = special_ids("bert")
+    pad = sep if pad_is == "sep" else cls
+    real = [[cls, 9, sep, 8, sep], [cls, 9, sep]]
+    width = 7
+
+    def padded(pad_id):
+        rows = [[pad_id] * (width - len(ids)) + ids if side == "left" else ids + [pad_id] * (width - len(ids)) for ids in real]
+        masks = [[0] * (width - len(ids)) + [1] * len(ids) if side == "left" else [1] * len(ids) + [0] * (width - len(ids)) for ids in real]
+        return torch.tensor(rows), torch.tensor(masks)
+
+    input_ids, attention_mask = padded(pad)
+    rows, columns, slots = peft_model.adapter.special_token_positions(input_ids, attention_mask)
+    assert attention_mask[rows, columns].all()
+    offset = [width - len(ids) if side == "left" else 0 for ids in real]
+    assert sorted(zip(rows.tolist(), columns.tolist(), slots.tolist())) == sorted(
+        [(0, offset[0] + 0, 0), (0, offset[0] + 2, 1), (0, offset[0] + 4, 2), (1, offset[1] + 0, 0), (1, offset[1] + 2, 1)]
+    )
+    # Through the layers: the same hidden states at every real token as with a plain pad id.
+    with torch.no_grad():
+        peft_model.adapter.special_token_embeddings.normal_()
+        shared = peft_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+        plain_ids, _ = padded(PAD_ID)
+        plain = peft_model(input_ids=plain_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+    real_positions = attention_mask.bool()
+    for layer in range(1, len(shared)):  # [0] is the embeddings, where the pad ids still differ
+        torch.testing.assert_close(shared[layer][real_positions], plain[layer][real_positions], atol=1e-5, rtol=0)
 
 
 def test_occurrences_past_the_last_slot_share_it():

@@ -140,11 +140,19 @@ def test_prompt_dropout_defaults_and_backbone_kept_in_eval_while_training():
     model = peftkit.get_peft_model(vit, VptConfig(num_prompt_tokens=4, deep=False))
     model.train()
     modes_during_forward = []
-    hook = vit.vit.layers[0].register_forward_pre_hook(lambda module, args: modes_during_forward.append(module.training))
+    hook = vit.vit.layers[0].attention.register_forward_pre_hook(
+        lambda module, args: modes_during_forward.append(module.training)
+    )
     first, second = model(pixel_values=images()).logits, model(pixel_values=images()).logits
     assert torch.equal(first, second) and modes_during_forward == [False, False]
-    assert vit.vit.training and vit.vit.layers[0].dropout.training  # the user's mode is restored afterwards
+    # The modes stay put between forwards (a checkpointed layer recomputed in backward must see
+    # them too); only the layers' own checkpointing switch follows train()/eval().
+    assert not vit.vit.layers[0].dropout.training and not vit.vit.training
+    assert vit.vit.layers[0].training and model.adapter.training
+    vit.vit.train()  # even a backbone switched back by hand runs in eval
+    assert torch.equal(model(pixel_values=images()).logits, first) and not vit.vit.layers[0].dropout.training
     hook.remove()
+    assert model.unload() is vit and vit.vit.layers[0].dropout.training  # unloaded: the model's own mode again
 
     deep = peftkit.get_peft_model(tiny_vit(), VptConfig(num_prompt_tokens=4, deep=True, prompt_dropout=0.5))
     deep.train()

@@ -310,3 +310,57 @@ def test_plain_peft_mixed_batch_with_same_shaped_heads(tmp_path):
         expected = single_task_logits(tmp_path / name, False, 3, input_ids[rows], attention_mask[rows])
         torch.testing.assert_close(mixed[rows], expected, atol=TOLERANCE, rtol=0)
     assert not torch.allclose(mixed[0], single_task_logits(tmp_path / "b", False, 3, input_ids[:1], attention_mask[:1])[0])
+
+
+@pytest.mark.parametrize("pad_id", [SEP_ID, CLS_ID], ids=["pad-is-sep", "pad-is-cls"])
+def test_padding_sharing_a_special_tokens_id_is_never_adapted(pasta_model, pad_id):
+    """GPT-2-style tokenizers pad with their end token. Left-padded, pads counted as special
+    tokens would shift every real token's slot; they must be neither adapted nor counted."""
+    rows = mixed_batch()
+    width = max(len(ids) for ids, _ in rows)
+
+    def left_pad(pad):
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in rows])
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in rows])
+        return input_ids, attention_mask
+
+    tasks = [task for _, task in rows]
+    task_of_row = pasta_model.task_of_rows(tasks, len(rows))
+    (input_ids, attention_mask), (plain_ids, _) = left_pad(pad_id), left_pad(PAD_ID)
+    positions = pasta_model.special_token_positions(input_ids, task_of_row, attention_mask)
+    expected = pasta_model.special_token_positions(plain_ids, task_of_row, attention_mask)
+    for got, want in zip(positions, expected):
+        assert torch.equal(got, want)
+    # End to end on the token task, whose real tokens never attend to pads (sequence heads
+    # read position 0, a pad when left-padded, so their logits depend on the pad's id anyway).
+    padded = pasta_model.task_logits(input_ids, attention_mask, tasks)
+    plain = pasta_model.task_logits(plain_ids, attention_mask, tasks)
+    for row, (ids, task) in enumerate(rows):
+        if task == "entities":
+            torch.testing.assert_close(padded[row][-len(ids):], plain[row][-len(ids):], atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_float32_adapters_serve_on_a_half_precision_backbone(pasta_dirs, pasta_model, dtype):
+    served = MultiTaskModel.from_adapters(shared_backbone().to(dtype), pasta_dirs, task_model_classes=CLASSES)
+    input_ids, attention_mask, tasks = pad(mixed_batch())
+    expected = pasta_model.task_logits(input_ids, attention_mask, tasks)
+    for got, want in zip(served.task_logits(input_ids, attention_mask, tasks), expected):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.1)
+
+
+def test_a_damaged_adapter_config_is_refused_naming_file_and_field(pasta_dirs, tmp_path):
+    import json
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(pasta_dirs["sentiment"], damaged)
+    record = json.loads((damaged / "adapter_config.json").read_text())
+    (damaged / "adapter_config.json").write_text(json.dumps({**record, "num_special_tokens": "2"}))
+    with pytest.raises(AdapterFileError, match=r"damaged/adapter_config.json.*num_special_tokens must be an int"):
+        MultiTaskModel.from_adapters(shared_backbone(), {"sentiment": damaged}, task_model_classes=CLASSES)
+    del record["peftkit_method"]
+    (damaged / "adapter_config.json").write_text(json.dumps(record))
+    with pytest.raises(AdapterFileError, match=r"Add \"peftkit_method\": \"pasta\""):
+        MultiTaskModel.from_adapters(shared_backbone(), {"sentiment": damaged}, task_model_classes=CLASSES)
