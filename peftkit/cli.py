@@ -3,6 +3,7 @@
     peftkit train [--method pasta] [--model PATH] [--task bbc-news] [--output DIR] ...
     peftkit eval DIR [--task TASK] [--model PATH]
     peftkit predict DIR --text "..." [--text-pair "..."]
+    peftkit predict DIR --input data.csv --output predictions.jsonl
     peftkit serve --adapter NAME=DIR [--adapter NAME=DIR ...] [--port 8000]
 
 With no flags, ``peftkit train`` runs the embedded default: PASTA on the MiniLM that ships
@@ -263,8 +264,15 @@ def predict_command(
     image: str | None = None,
     model: str | None = None,
     top_k: int = 3,
+    input: str | None = None,
+    output: str | None = None,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    batch_size: int = 32,
+    truncate: bool = False,
 ) -> dict[str, Any]:
-    """Predict with a saved adapter: a label with its probability, or the entities in a sentence.
+    """Predict with a saved adapter: a label with its probability, or the entities in a sentence;
+    with --input, every row of a file (one JSON line each in --output).
 
     Args:
         adapter: Directory written by `peftkit train` (or save_pretrained).
@@ -273,11 +281,24 @@ def predict_command(
         image: Path of an image, for image classification.
         model: Base model directory (default: the one recorded in the adapter).
         top_k: How many labels to list for classification.
+        input: A CSV/JSONL file or a `datasets` directory (save_to_disk) of texts to predict.
+        output: The JSONL file to write, one answer per input row in order (with --input).
+        text_column: Column of --input holding the text.
+        text_pair_column: Column of --input holding the second text, for pair tasks.
+        batch_size: Rows per forward pass (with --input), in each process.
+        truncate: Cut texts longer than the model reads instead of refusing the file.
     """
     import torch
 
     from peftkit import data
 
+    if input is not None or output is not None:
+        from peftkit.serving.batch_predict import predict_file
+
+        if input is None or output is None:
+            raise DataError("batch prediction needs both --input FILE and --output predictions.jsonl.")
+        return predict_file(adapter, input, output, model=model, text_column=text_column,
+                            text_pair_column=text_pair_column, batch_size=batch_size, truncate=truncate)
     adapted, processor, info = load_adapter(adapter, model)
     kind, label_names = info["kind"], list(info["label_names"])
     if kind == "image-classification":
