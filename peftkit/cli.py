@@ -359,6 +359,7 @@ def serve_command(
     timeout: float = 30.0,
     max_length: int | None = None,
     num_threads: int | None = None,
+    log_level: str = "info",
 ) -> None:
     """Serve many task adapters on one backbone over HTTP, batching requests across tasks.
 
@@ -373,6 +374,7 @@ def serve_command(
         timeout: Seconds a /predict request may wait for its answer before a 504.
         max_length: Longest text in tokens (default: what the model reads); longer ones are refused unless truncate is asked.
         num_threads: Torch threads for the forward (default: torch's); 1 per replica when several share a machine.
+        log_level: uvicorn's: debug, info (one access line per request), warning, error.
     """
     from peftkit.serving.app import TaskServer, create_app, run_server
 
@@ -393,7 +395,7 @@ def serve_command(
     app = create_app(server, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue_size=max_queue_size,
                      timeout_seconds=timeout)
     print(f"serving {', '.join(server.specs)} on http://{host}:{port} (API schema at /docs)")
-    run_server(app, host=host, port=port)
+    run_server(app, host=host, port=port, log_level=log_level)
 
 
 def _commands() -> dict[str, Callable[..., Any]]:

@@ -47,6 +47,7 @@ from peftkit.serving.rows import (
     encode_row,
     model_max_length,
     pad_rows,
+    require_fast_tokenizer,
 )
 
 logger = logging.getLogger("peftkit.serving")
@@ -209,8 +210,6 @@ class TaskServer:
             raise RequestError(f"{directory} is a {kind} adapter; the server answers text and token classification.",
                                status=400, code="bad_adapter")
         if kind == TOKEN_CLASSIFICATION:
-            from peftkit.data.token_classification import require_fast_tokenizer
-
             require_fast_tokenizer(self.tokenizer)
         labels = list(info.get("label_names") or [])
         if len(labels) != len(task.label_names):  # the head's own names, when the file records none

@@ -19,8 +19,12 @@ import dataclasses
 import re
 from typing import Any
 
+import seqeval.metrics.sequence_labeling  # noqa: F401  (decode_entities imports it on first use)
 import torch
 
+# Imported here, not on first use: a server's first token-classification adapter would
+# otherwise pull in datasets/seqeval mid-run and look like it cost 100 MB of memory.
+from peftkit.data.token_classification import decode_entities, require_fast_tokenizer, word_predictions
 from peftkit.errors import RequestError
 
 TEXT_CLASSIFICATION = "text-classification"
@@ -133,8 +137,6 @@ def answer_row(spec: TaskSpec, logits: torch.Tensor, row: EncodedRow) -> dict[st
             "probabilities": {name: float(p) for name, p in zip(spec.label_names, probabilities.tolist())},
             "truncated": row.truncated,
         }
-    from peftkit.data.token_classification import decode_entities, word_predictions
-
     scores, predicted = probabilities.max(-1)
     num_words = len(row.word_spans)
     tag_of_word = word_predictions(row.word_ids, predicted.tolist(), num_words)
