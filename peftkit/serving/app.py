@@ -409,6 +409,8 @@ def create_app(server: TaskServer, *, max_batch_size: int = 32, max_wait_ms: flo
         max_queue_size: Most rows waiting; beyond it requests get 503 with Retry-After.
         timeout_seconds: Longest a /predict request waits for its answer before a 504.
     """
+    if not timeout_seconds > 0:
+        raise PeftkitError(f"the request timeout must be positive, got {timeout_seconds}: pass e.g. --timeout 30.")
     queue = BatchingQueue(server.run_batch, max_batch_rows=max_batch_size, max_wait_seconds=max_wait_ms / 1000,
                           max_queue_rows=max_queue_size)
     server_metrics = ServerMetrics(lambda: queue.depth)

@@ -32,7 +32,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from peftkit.errors import RequestError
+from peftkit.errors import PeftkitError, RequestError
 
 
 class QueueFullError(RequestError):
@@ -68,9 +68,9 @@ class BatchingQueue:
         on_batch: Callable[[int, float], None] | None = None,
     ):
         if max_batch_rows < 1 or max_queue_rows < 1 or max_wait_seconds < 0:
-            raise ValueError(
-                f"max_batch_rows ({max_batch_rows}) and max_queue_rows ({max_queue_rows}) must be at least 1 "
-                f"and max_wait_seconds ({max_wait_seconds}) at least 0."
+            raise PeftkitError(
+                f"the batch size ({max_batch_rows}) and queue size ({max_queue_rows}) must be at least 1 and the "
+                f"wait ({max_wait_seconds} s) at least 0: fix --max-batch-size, --max-queue-size or --max-wait-ms."
             )
         self.run_batch = run_batch
         self.max_batch_rows = max_batch_rows

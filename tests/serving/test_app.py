@@ -279,3 +279,13 @@ def test_the_serve_command_refuses_a_malformed_adapter_flag(capsys):
 
     assert main(["serve", "--adapter", "just-a-path"]) == 2
     assert "NAME=DIR" in capsys.readouterr().err
+
+
+def test_the_serve_command_refuses_bad_settings_with_the_flag_to_fix(model_dir, adapter_dirs, capsys):
+    from peftkit.cli import main
+
+    base = ["serve", "--adapter", f"sentiment={adapter_dirs['sentiment']}", "--model", str(model_dir)]
+    assert main([*base, "--max-batch-size", "0"]) == 2
+    assert "--max-batch-size" in capsys.readouterr().err
+    assert main([*base, "--timeout", "0"]) == 2
+    assert "--timeout" in capsys.readouterr().err

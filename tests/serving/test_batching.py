@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from peftkit.errors import PeftkitError
 from peftkit.serving.batching import BatchingQueue, QueueFullError
 
 
@@ -153,5 +154,7 @@ def test_abandoned_rows_leave_the_queue_and_never_run():
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(PeftkitError, match="--max-batch-size"):
         BatchingQueue(Recorder(), max_batch_rows=0)
+    with pytest.raises(PeftkitError, match="--max-wait-ms"):
+        BatchingQueue(Recorder(), max_wait_seconds=-1)
