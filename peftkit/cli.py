@@ -5,6 +5,8 @@
     peftkit predict DIR --text "..." [--text-pair "..."]
     peftkit predict DIR --image a.png [--image b.png | --image folder/]
     peftkit pretrain [--task fashion-mnist] [--output DIR]
+    peftkit predict DIR --input data.csv --output predictions.jsonl
+    peftkit serve --adapter NAME=DIR [--adapter NAME=DIR ...] [--port 8000]
 
 With no flags, ``peftkit train`` runs the embedded default: PASTA on the MiniLM that ships
 as a pip package, on BBC News. ``--config run.yaml`` reads flags from a file. Flags are
@@ -268,9 +270,15 @@ def predict_command(
     image: list[str] | None = None,
     model: str | None = None,
     top_k: int = 3,
-    batch_size: int = 64,
+    input: str | None = None,
+    output: str | None = None,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    batch_size: int = 32,
+    truncate: bool = False,
 ) -> dict[str, Any]:
-    """Predict with a saved adapter: a label with its probability, or the entities in a sentence.
+    """Predict with a saved adapter: a label with its probability, or the entities in a sentence;
+    with --input, every row of a file (one JSON line each in --output).
 
     Args:
         adapter: Directory written by `peftkit train` (or save_pretrained).
@@ -279,12 +287,24 @@ def predict_command(
         image: Image files or folders of them, for image classification (repeat --image, or list files after it).
         model: Base model directory (default: the one recorded in the adapter).
         top_k: How many labels to list for classification.
-        batch_size: Images per forward pass.
+        input: A CSV/JSONL file or a `datasets` directory (save_to_disk) of texts to predict.
+        output: The JSONL file to write, one answer per input row in order (with --input).
+        text_column: Column of --input holding the text.
+        text_pair_column: Column of --input holding the second text, for pair tasks.
+        batch_size: Rows (with --input) or images per forward pass, in each process.
+        truncate: Cut texts longer than the model reads instead of refusing the file.
     """
     import torch
 
     from peftkit import data
 
+    if input is not None or output is not None:
+        from peftkit.serving.batch_predict import predict_file
+
+        if input is None or output is None:
+            raise DataError("batch prediction needs both --input FILE and --output predictions.jsonl.")
+        return predict_file(adapter, input, output, model=model, text_column=text_column,
+                            text_pair_column=text_pair_column, batch_size=batch_size, truncate=truncate)
     adapted, processor, info = load_adapter(adapter, model)
     kind, label_names = info["kind"], list(info["label_names"])
     if kind == "image-classification":
@@ -361,6 +381,56 @@ def _predict_images(adapted, processor, label_names: list[str], paths: list[str]
     return {"predictions": predictions}
 
 
+def serve_command(
+    adapter: list[str] | None = None,
+    model: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch_size: int = 32,
+    max_wait_ms: float = 5.0,
+    max_queue_size: int = 1024,
+    timeout: float = 30.0,
+    max_length: int | None = None,
+    num_threads: int | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve many task adapters on one backbone over HTTP, batching requests across tasks.
+
+    Args:
+        adapter: NAME=DIR of an adapter to serve as task NAME; repeat the flag for more tasks.
+        model: Base model directory (default: the one the first adapter records).
+        host: Address to listen on (0.0.0.0 to accept other machines, e.g. behind a load balancer).
+        port: Port to listen on.
+        max_batch_size: Most rows in one mixed-task forward.
+        max_wait_ms: Longest a row waits for others to fill its batch, in milliseconds.
+        max_queue_size: Most rows waiting; beyond it requests get 503 with Retry-After.
+        timeout: Seconds a /predict request may wait for its answer before a 504.
+        max_length: Longest text in tokens (default: what the model reads); longer ones are refused unless truncate is asked.
+        num_threads: Torch threads for the forward (default: torch's); 1 per replica when several share a machine.
+        log_level: uvicorn's: debug, info (one access line per request), warning, error.
+    """
+    from peftkit.serving.app import TaskServer, create_app, run_server
+
+    if num_threads is not None:
+        import torch
+
+        torch.set_num_threads(num_threads)
+
+    adapters: dict[str, str] = {}
+    for entry in adapter or []:
+        name, equals, directory = entry.partition("=")
+        if not equals or not name or not directory:
+            raise PeftkitError(f"--adapter {entry!r} is not NAME=DIR: write e.g. --adapter sentiment=runs/pasta-sst2.")
+        if name in adapters:
+            raise PeftkitError(f"--adapter names the task {name!r} twice; give each adapter its own name.")
+        adapters[name] = directory
+    server = TaskServer.from_paths(adapters, model, max_length=max_length)
+    app = create_app(server, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue_size=max_queue_size,
+                     timeout_seconds=timeout)
+    print(f"serving {', '.join(server.specs)} on http://{host}:{port} (API schema at /docs)")
+    run_server(app, host=host, port=port, log_level=log_level)
+
+
 def _commands() -> dict[str, Callable[..., Any]]:
     from peftkit.analysis.cost import cost_command
     from peftkit.analysis.kernel_run import kernel_command
@@ -371,6 +441,7 @@ def _commands() -> dict[str, Callable[..., Any]]:
         "train": train_command,
         "eval": eval_command,
         "predict": predict_command,
+        "serve": serve_command,
         "compare": compare_command,
         "cost": cost_command,
         "kernel": kernel_command,
@@ -425,7 +496,32 @@ def normalise_argv(argv: list[str]) -> list[str]:
                 if key in flags and not equals and following not in ("true", "false", "yes", "no"):
                     argument = f"--{key}=true"
         normalised.append(argument)
-    return normalised
+    return _join_repeated_list_flags(normalised)
+
+
+def _join_repeated_list_flags(argv: list[str]) -> list[str]:
+    """``--adapter a=x --adapter b=y`` → ``--adapter=["a=x", "b=y"]`` for list-typed flags, which
+    jsonargparse would otherwise read one value at a time (and refuse as "not a list")."""
+    import json
+
+    list_flags = {
+        parameter.name for command in COMMANDS.values() for parameter in inspect.signature(command).parameters.values()
+        if str(parameter.annotation).startswith("list[")
+    }
+    values: dict[str, list[str]] = {}
+    joined: list[str | tuple[str]] = []  # (key,) marks where a list flag first appeared
+    index = 0
+    while index < len(argv):
+        key = argv[index][2:] if argv[index].startswith("--") else None
+        if key in list_flags and index + 1 < len(argv):
+            if key not in values:
+                joined.append((key,))
+            values.setdefault(key, []).append(argv[index + 1])
+            index += 2
+        else:
+            joined.append(argv[index])
+            index += 1
+    return [f"--{item[0]}={json.dumps(values[item[0]])}" if isinstance(item, tuple) else item for item in joined]
 
 
 def _parser_class():

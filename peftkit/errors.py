@@ -40,3 +40,16 @@ class DataError(PeftkitError):
 
 class TrainingError(PeftkitError):
     """Training cannot go on (non-finite loss, output directory in the way, ...)."""
+
+
+class RequestError(PeftkitError):
+    """A request to the server (or one row of a prediction file) cannot be answered as sent.
+
+    ``status`` is the HTTP status the server answers with and ``code`` a stable machine-readable
+    name for the problem; the message says what was wrong and what to send instead."""
+
+    def __init__(self, message: str, *, status: int = 422, code: str = "invalid_request", headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.headers = headers or {}

@@ -269,13 +269,46 @@ def _load_lora_task(name, directory, record, backbone, model_class) -> _LoadedTa
     return _LoadedTask(name, "lora", head, label_names, lora_config=config, lora_tensors=lora_tensors)
 
 
+def load_task_adapter(
+    backbone: nn.Module, name: str, directory: str | os.PathLike, tokenizer=None, task_model_class=None
+) -> _LoadedTask:
+    """Read one adapter directory (PASTA from peftkit or LoRA from PEFT) for ``backbone``, without
+    touching the backbone: the result is stacked with others by ``MultiTaskModel(backbone, tasks)``.
+
+    Raises PeftkitError for a bad task name, AdapterFileError for a directory that is not an
+    adapter, AdapterMismatchError for one made for another backbone, task class or method."""
+    if not isinstance(name, str) or not name or "." in name or name == LORA_BASE:
+        raise PeftkitError(f"task name {name!r} is not usable: give a non-empty name without dots.")
+    record = read_adapter_config(directory)
+    classes = {name: task_model_class} if task_model_class is not None else {}
+    model_class = _task_model_class_of(name, record, classes, str(directory))
+    if "peftkit_method" in record or record.get("peft_type") not in peft_method_types():
+        # read_adapter_config's checks name the missing or wrong field of a peftkit record
+        return _load_pasta_task(name, directory, record, backbone, tokenizer, model_class)
+    return _load_lora_task(name, directory, record, backbone, model_class)
+
+
+def _check_special_tokens_agree(tasks: Sequence[_LoadedTask]) -> None:
+    pasta = [task for task in tasks if task.method == "pasta"]
+    for task in pasta[1:]:
+        if set(task.special_token_ids) != set(pasta[0].special_token_ids):
+            raise AdapterMismatchError(
+                f"PASTA adapters disagree on the special tokens: {pasta[0].name!r} adapts ids "
+                f"{pasta[0].special_token_ids}, {task.name!r} adapts {task.special_token_ids}. One "
+                "batch finds special tokens once, so every task must use the same ids; retrain one "
+                "with PastaConfig(special_token_ids=...) matching the others."
+            )
+
+
 class MultiTaskModel(nn.Module):
     """One frozen backbone serving many tasks; each row of a batch names its own task."""
 
     def __init__(self, backbone: nn.Module, tasks: Sequence[_LoadedTask]):
         super().__init__()
+        _check_special_tokens_agree(tasks)
         backbone.requires_grad_(False).eval()
         self.backbone = backbone
+        self.tasks = list(tasks)  # what a server rebuilds from when it adds or removes a task
         self.task_names = [task.name for task in tasks]
         self.task_index = {name: i for i, name in enumerate(self.task_names)}
         self.label_names = {task.name: task.label_names for task in tasks}
@@ -308,8 +341,12 @@ class MultiTaskModel(nn.Module):
 
         # LoRA: PEFT's own mixed batch, all adapters in one PeftModel around the shared backbone.
         self.lora_backbone = None
-        for task in (task for task in tasks if task.method == "lora"):
-            self._add_lora_adapter(task)
+        try:
+            for task in (task for task in tasks if task.method == "lora"):
+                self._add_lora_adapter(task)
+        except BaseException:
+            self.unload()  # a failed build must leave the backbone as it found it
+            raise
         if self.lora_backbone is not None:
             self.lora_backbone.requires_grad_(False).eval()
 
@@ -333,26 +370,10 @@ class MultiTaskModel(nn.Module):
             raise PeftkitError("MultiTaskModel.from_adapters needs at least one {task name: adapter directory}.")
         backbone = bare_backbone(base_model)
         task_model_classes = dict(task_model_classes or {})
-        loaded: list[_LoadedTask] = []
-        for name, directory in adapters.items():
-            if not isinstance(name, str) or not name or "." in name or name == LORA_BASE:
-                raise PeftkitError(f"task name {name!r} is not usable: give a non-empty name without dots.")
-            record = read_adapter_config(directory)
-            model_class = _task_model_class_of(name, record, task_model_classes, str(directory))
-            if "peftkit_method" in record or record.get("peft_type") not in peft_method_types():
-                task = _load_pasta_task(name, directory, record, backbone, tokenizer, model_class)
-            else:  # a PEFT adapter
-                task = _load_lora_task(name, directory, record, backbone, model_class)
-            loaded.append(task)
-        pasta = [task for task in loaded if task.method == "pasta"]
-        for task in pasta[1:]:
-            if set(task.special_token_ids) != set(pasta[0].special_token_ids):
-                raise AdapterMismatchError(
-                    f"PASTA adapters disagree on the special tokens: {pasta[0].name!r} adapts ids "
-                    f"{pasta[0].special_token_ids}, {task.name!r} adapts {task.special_token_ids}. One "
-                    "batch finds special tokens once, so every task must use the same ids; retrain one "
-                    "with PastaConfig(special_token_ids=...) matching the others."
-                )
+        loaded = [
+            load_task_adapter(backbone, name, directory, tokenizer, task_model_classes.get(name))
+            for name, directory in adapters.items()
+        ]
         return cls(backbone, loaded)
 
     @classmethod

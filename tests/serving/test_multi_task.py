@@ -281,6 +281,25 @@ def test_lora_adapter_for_another_backbone_is_rejected(lora_dirs):
         MultiTaskModel.from_lora_adapters(BertModel(wider), lora_dirs)
 
 
+def test_a_build_that_fails_leaves_the_backbone_as_it_was(pasta_dirs, lora_dirs):
+    """A server adding a task rebuilds the model; a LoRA adapter that does not fit must not leave
+    PASTA hooks or half-attached LoRA layers behind."""
+    from peftkit.serving import load_task_adapter
+
+    backbone = shared_backbone()
+    input_ids, attention_mask, _ = pad(mixed_batch())
+    with torch.no_grad():
+        before = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    tasks = [load_task_adapter(backbone, "sentiment", pasta_dirs["sentiment"]),
+             load_task_adapter(backbone, "lora_sentiment", lora_dirs["lora_sentiment"])]
+    tasks[1].lora_tensors = {key: value[..., :-1] for key, value in tasks[1].lora_tensors.items()}  # wrong shapes
+    with pytest.raises(AdapterMismatchError, match="does not fit this backbone"):
+        MultiTaskModel(backbone, tasks)
+    assert not any("lora_" in name for name, _ in backbone.named_parameters())
+    with torch.no_grad():  # no PASTA hook left either: the plain backbone runs and gives what it gave
+        assert torch.equal(backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, before)
+
+
 def test_lora_unknown_task_is_rejected(lora_dirs):
     model = MultiTaskModel.from_lora_adapters(shared_backbone(), lora_dirs)
     input_ids, attention_mask, _ = pad(mixed_batch()[:2])

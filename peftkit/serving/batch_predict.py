@@ -1,0 +1,152 @@
+"""Batch prediction over a file: ``peftkit predict DIR --input data.csv --output predictions.jsonl``.
+
+Reads a CSV, JSONL or ``datasets`` directory (save_to_disk), answers every row as the server
+would (peftkit.serving.rows: same tokenization, same answer fields, probabilities rounded to
+``DECIMALS`` places) and writes one JSON line per input row, in input order, atomically.
+
+Under ``accelerate launch --num_processes N`` each process predicts a contiguous share made of
+whole batches (so every batch holds the same rows as in a one-process run), the answers are
+gathered in rank order, and only the main process writes: the file equals the one a single
+process writes. A bad row fails the whole run, on every process at once (errors are gathered
+too, so no process waits forever for one that gave up), and leaves no output file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftkit.errors import DataError, RequestError
+
+DECIMALS = 6  # probabilities in the file; more digits would only record float noise
+
+
+def read_rows(path: str | Path):
+    """The rows of a CSV/TSV/JSON(L) file or of a save_to_disk directory, as a ``datasets.Dataset``."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    from peftkit.data.tasks import is_saved_dataset, read_table
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"--input {path} does not exist; give a CSV/JSONL file or a directory written by save_to_disk.")
+    if path.is_dir():
+        if not is_saved_dataset(path):
+            raise DataError(f"--input {path} is a directory but not a saved dataset (no state.json/dataset_dict.json); "
+                            "give a CSV/JSONL file or a directory written by Dataset.save_to_disk.")
+        saved = load_from_disk(str(path))
+        if isinstance(saved, DatasetDict):
+            if len(saved) != 1:
+                raise DataError(f"--input {path} holds the splits {list(saved)}; save the one to predict on its own "
+                                "(dataset[split].save_to_disk(...)).")
+            saved = next(iter(saved.values()))
+        assert isinstance(saved, Dataset)
+        return saved
+    return read_table(path)
+
+
+def _round(answer: Any) -> Any:
+    if isinstance(answer, float):
+        return round(answer, DECIMALS)
+    if isinstance(answer, dict):
+        return {key: _round(value) for key, value in answer.items()}
+    if isinstance(answer, list):
+        return [_round(value) for value in answer]
+    return answer
+
+
+def batch_shard(num_rows: int, batch_size: int, rank: int, world_size: int) -> range:
+    """Rows of process ``rank``: a contiguous run of whole batches (the last one may be short)."""
+    num_batches = math.ceil(num_rows / batch_size)
+    first = num_batches * rank // world_size
+    last = num_batches * (rank + 1) // world_size
+    return range(min(first * batch_size, num_rows), min(last * batch_size, num_rows))
+
+
+def predict_file(
+    adapter: str,
+    input: str,
+    output: str,
+    *,
+    model: str | None = None,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    batch_size: int = 32,
+    truncate: bool = False,
+) -> dict[str, Any]:
+    """Predict every row of ``input`` with the adapter in ``adapter``; write ``output`` (JSONL).
+
+    Returns {"rows": ..., "output": ..., "num_processes": ...}. Raises DataError for an unreadable input, a missing
+    column, an empty or over-long text (unless ``truncate``) naming the row, or an image adapter."""
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    from peftkit.files import atomic_write
+    from peftkit.loading import load_adapter
+    from peftkit.serving.rows import SERVED_KINDS, TaskSpec, answer_row, encode_row, model_max_length, pad_rows
+    from peftkit.training.distributed import process_state
+
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {batch_size}.")
+    state = process_state()
+    rows = read_rows(input)
+    missing = [column for column in (text_column, text_pair_column) if column and column not in rows.column_names]
+    if missing:
+        raise DataError(f"--input {input} has no column {missing[0]!r} (columns: {rows.column_names}); "
+                        "name the right one with --text-column / --text-pair-column.")
+    adapted, tokenizer, info = load_adapter(adapter, model)
+    if info["kind"] not in SERVED_KINDS:
+        raise DataError(f"batch prediction reads texts; {adapter} is a {info['kind']} adapter. Use --image for one image.")
+    spec = TaskSpec(Path(adapter).name, info["kind"], tuple(info["label_names"]), bool(info.get("is_pair")), "", 0)
+    device = state.device  # this process's device under accelerate launch (its GPU, or the CPU)
+    adapted.to(device)
+    max_length = model_max_length(tokenizer, adapted.config)
+
+    shard = batch_shard(len(rows), batch_size, state.process_index, state.num_processes)
+    answers: list[dict[str, Any]] = []
+    failure = None
+    progress = tqdm(total=len(shard), desc="predicting", unit="row", disable=not state.is_main_process)
+    try:
+        for start in range(shard.start, shard.stop, batch_size):
+            batch = rows[start : min(start + batch_size, shard.stop)]
+            pairs = batch[text_pair_column] if text_pair_column else [None] * len(batch[text_column])
+            encoded = []
+            for offset, (text, text_pair) in enumerate(zip(batch[text_column], pairs)):
+                try:
+                    encoded.append(encode_row(tokenizer, spec, text, text_pair, max_length=max_length, truncate=truncate))
+                except RequestError as error:
+                    raise DataError(f"row {start + offset} of {input}: {error}") from None
+            inputs = pad_rows(tokenizer, encoded, device)
+            with torch.no_grad():
+                logits = adapted(**inputs).logits
+            for index, row in enumerate(encoded):
+                row_logits = logits[index]
+                if row_logits.dim() == 2:  # token classification: the row's own tokens, without padding
+                    row_logits = row_logits[inputs["attention_mask"][index].bool()]
+                answers.append(_round(answer_row(spec, row_logits, row)))
+            progress.update(len(encoded))
+    except DataError as error:
+        failure = str(error)
+    finally:
+        progress.close()
+
+    # Every process reaches the gather, failed or not, so none waits for one that stopped.
+    gathered = gather_object([(state.process_index, answers, failure)]) if state.num_processes > 1 else [(0, answers, failure)]
+    failures = [message for _, _, message in gathered if message]
+    if failures:
+        raise DataError(failures[0])
+    if state.is_main_process:
+        lines = [json.dumps(answer, ensure_ascii=False) for _, shard_answers, _ in sorted(gathered, key=lambda g: g[0])
+                 for answer in shard_answers]
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write("".join(line + "\n" for line in lines))
+
+        atomic_write(output, write)
+        print(f"{len(lines)} predictions written to {output} by {state.num_processes} process(es)")
+    return {"rows": len(rows), "output": str(output), "num_processes": state.num_processes}

@@ -1,0 +1,119 @@
+"""`peftkit predict DIR --input FILE --output predictions.jsonl`: CSV, JSONL and saved datasets,
+answers equal to the task's own model row by row, atomic output, and two processes under
+`accelerate launch` writing the very file one process writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+from datasets import Dataset
+
+from peftkit.cli import main
+from peftkit.errors import DataError
+from peftkit.serving.batch_predict import DECIMALS, batch_shard, predict_file
+from tests.serving.conftest import assert_same_answer, free_port, random_text
+
+ROWS = 23  # not a multiple of the batch size, nor of two processes' share
+
+
+@pytest.fixture(scope="module")
+def texts():
+    rng = random.Random(3)
+    return [random_text(rng, max_words=12) for _ in range(ROWS)]
+
+
+def write_csv(path, texts, pairs=None):
+    Dataset.from_dict({"text": texts, **({"second": pairs} if pairs else {})}).to_csv(str(path), index=False)
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("task", ["sentiment", "lora_ner"])
+def test_every_row_answered_in_order_as_its_own_model(task, model_dir, adapter_dirs, references, texts, tmp_path):
+    source = write_csv(tmp_path / "data.csv", texts)
+    output = tmp_path / "out" / "predictions.jsonl"
+    result = predict_file(str(adapter_dirs[task]), str(source), str(output), model=str(model_dir), batch_size=4)
+    assert result["rows"] == ROWS
+    answers = read_jsonl(output)
+    assert len(answers) == ROWS
+    for text, answer in zip(texts, answers):
+        assert_same_answer(answer, references.answer(task, text), tolerance=2 * 10**-DECIMALS)
+
+
+def test_jsonl_and_saved_datasets_with_pairs(model_dir, adapter_dirs, references, texts, tmp_path):
+    pairs = list(reversed(texts))
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": a, "second": b}) + "\n" for a, b in zip(texts, pairs)))
+    saved = tmp_path / "saved"
+    Dataset.from_dict({"text": texts, "second": pairs}).save_to_disk(str(saved))
+    outputs = []
+    for source in (jsonl, saved):
+        output = tmp_path / f"{source.name}.predictions.jsonl"
+        predict_file(str(adapter_dirs["topic"]), str(source), str(output), model=str(model_dir), text_pair_column="second")
+        outputs.append(output.read_text())
+    assert outputs[0] == outputs[1]
+    for text, pair, answer in zip(texts, pairs, read_jsonl(tmp_path / "data.jsonl.predictions.jsonl")):
+        assert_same_answer(answer, references.answer("topic", text, pair), tolerance=2 * 10**-DECIMALS)
+
+
+def test_a_bad_row_is_named_and_leaves_no_output(model_dir, adapter_dirs, texts, tmp_path):
+    source = write_csv(tmp_path / "data.csv", [*texts[:5], " ".join(["movie"] * 80), *texts[5:]])
+    output = tmp_path / "predictions.jsonl"
+    with pytest.raises(DataError, match=r"row 5 of .*data.csv.*at most 64.*truncate"):
+        predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir))
+    assert not output.exists() and not list(tmp_path.glob(".predictions*"))
+    with pytest.raises(DataError, match="no column 'sentence'"):
+        predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir), text_column="sentence")
+    with pytest.raises(DataError, match="does not exist"):
+        predict_file(str(adapter_dirs["sentiment"]), str(tmp_path / "nope.csv"), str(output), model=str(model_dir))
+    # Asked to truncate, the long row is cut and says so.
+    predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir), truncate=True)
+    assert [answer["truncated"] for answer in read_jsonl(output)] == [False] * 5 + [True] + [False] * (ROWS - 5)
+
+
+def test_shards_are_whole_batches_covering_every_row_once():
+    for rows, batch, world in [(23, 4, 2), (23, 4, 3), (3, 4, 2), (0, 4, 2), (100, 7, 4)]:
+        shards = [batch_shard(rows, batch, rank, world) for rank in range(world)]
+        assert [row for shard in shards for row in shard] == list(range(rows))
+        assert all(shard.start % batch == 0 for shard in shards if len(shard))
+
+
+def test_the_cli_writes_the_file(model_dir, adapter_dirs, texts, tmp_path, capsys):
+    source = write_csv(tmp_path / "data.csv", texts)
+    output = tmp_path / "predictions.jsonl"
+    assert main(["predict", str(adapter_dirs["ner"]), "--input", str(source), "--output", str(output),
+                 "--model", str(model_dir), "--batch-size", "8"]) == 0
+    assert f"{ROWS} predictions written" in capsys.readouterr().out
+    assert len(read_jsonl(output)) == ROWS
+    assert main(["predict", str(adapter_dirs["ner"]), "--input", str(source)]) == 2
+    assert "--output" in capsys.readouterr().err
+
+
+def test_two_processes_write_the_file_one_process_writes(model_dir, adapter_dirs, texts, tmp_path):
+    source = write_csv(tmp_path / "data.csv", texts)
+    args = ["-m", "peftkit", "predict", str(adapter_dirs["lora_ner"]), "--input", str(source),
+            "--model", str(model_dir), "--batch-size", "4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    one = subprocess.run([sys.executable, *args, "--output", str(tmp_path / "one.jsonl")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+         *args, "--output", str(tmp_path / "two.jsonl")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("predictions written") == 1  # only the main process writes
+    assert "by 2 process(es)" in two.stdout and "by 1 process(es)" in one.stdout
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+    assert len(read_jsonl(tmp_path / "two.jsonl")) == ROWS
