@@ -36,3 +36,7 @@ class DataError(PeftkitError):
 
 class TrainingError(PeftkitError):
     """Training cannot go on (non-finite loss, output directory in the way, ...)."""
+
+
+class AdaptedModelError(PeftkitError):
+    """The model already carries an adapter; unload it or start from a fresh base model."""
