@@ -40,3 +40,7 @@ class TrainingError(PeftkitError):
 
 class AdaptedModelError(PeftkitError):
     """The model already carries an adapter; unload it or start from a fresh base model."""
+
+
+class BaseModelError(PeftkitError):
+    """The base model an adapter needs is not available locally, or cannot be loaded as asked."""

@@ -180,3 +180,22 @@ def test_eval_refuses_a_task_with_other_labels(model_dir, sentiment_dir, tmp_pat
         (other / f"{split}.csv").write_text("\n".join(rows) + "\n")
     assert main(["eval", str(output), "--task", str(other)]) == 2
     assert "same labels" in capsys.readouterr().err
+
+
+def test_train_from_a_classifier_with_another_label_count_replaces_its_head(model_dir, tmp_path, caplog):
+    """A fine-tuned 2-label checkpoint trained on a 3-label task: a new head and a notice, no raw RuntimeError."""
+    import logging
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    checkpoint = tmp_path / "two-label"
+    AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).save_pretrained(checkpoint)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(checkpoint)
+    data = tmp_path / "three.csv"
+    rows = [f"{t},pos" for t in POSITIVE] + [f"{t},neg" for t in NEGATIVE] + [f"{t} plot,meh" for t in POSITIVE]
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="peftkit.loading"):
+        assert main(train_args(checkpoint, data, tmp_path / "run", "--method", "linear")) == 0
+    assert "holds a task head for 2 labels but the task has 3" in caplog.text
+    config = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert config["task"]["label_names"] == ["meh", "neg", "pos"]
