@@ -8,10 +8,13 @@ writes, whatever the method. PEFT's own configs (``peft.LoraConfig``) go to PEFT
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import inspect
 import json
 import os
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from torch import nn
 
 from peftkit.errors import AdaptedModelError, AdapterFileError, AdapterMismatchError, MethodConfigError, UnsupportedModelError
 from peftkit.files import atomic_write, atomic_write_json
-from peftkit.methods.base import MethodConfig
+from peftkit.methods.base import MethodAdapter, MethodConfig
 from peftkit.methods.registry import get_method, spec_for_config
 from peftkit.models import backbone_identity, check_backbone_identity, head_module_names
 
@@ -155,6 +158,27 @@ class HeldAdapter:
     parked_labels: dict[str, Any] | None = None
 
 
+def _forward_with_signature_of(model: nn.Module):
+    """PeftModel.forward under the signature of ``model.forward`` (one function per wrapper; a
+    bound method, so deepcopy rebinds it to the copy)."""
+
+    def forward(self, *args, **kwargs):
+        return PeftModel.forward(self, *args, **kwargs)
+
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward without a signature: keep the generic one
+        return PeftModel.forward
+    self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    forward.__signature__ = inspect.Signature([self_parameter, *parameters])
+    forward.__doc__ = PeftModel.forward.__doc__
+    return forward
+
+
+class _NoAdapter(MethodAdapter):
+    """Stands in for the method while ``disable_adapter`` runs the plain base model."""
+
+
 class PeftModel(peft.PeftModel):
     """A frozen backbone plus peftkit methods, one active, each with its own task head.
 
@@ -192,6 +216,9 @@ class PeftModel(peft.PeftModel):
         self._adapters = {adapter_name: HeldAdapter(copy.deepcopy(config), {})}
         self.active_adapter = adapter_name
         self.adapter = self._attach(self._adapters[adapter_name], tokenizer)
+        # inspect.signature(wrapped.forward) is the base model's, so tools that keep only the
+        # columns a model takes (Trainer's remove_unused_columns, ...) keep input_ids, labels, ...
+        self.forward = types.MethodType(_forward_with_signature_of(model), self)
         setattr(model, ADAPTED_MARK, True)
         self.train(model.training)  # a new adapter follows the mode the model was in
 
@@ -225,6 +252,7 @@ class PeftModel(peft.PeftModel):
         return self.base_model
 
     def forward(self, *args, **kwargs):
+        """The base model's forward with the method applied (and its extra loss added to ``loss``)."""
         inputs = dict(kwargs)
         if args:  # a positional first argument is the model's main input (input_ids, pixel_values)
             inputs.setdefault(getattr(self.base_model, "main_input_name", "input_ids"), args[0])
@@ -466,6 +494,29 @@ class PeftModel(peft.PeftModel):
             self._unpark(remaining)
             self._set_trainable(self._adapters[remaining])
         del self._adapters[adapter_name]
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Run the base model as it was wrapped (the untrained head, no method) inside the block,
+        as PEFT's ``disable_adapter`` does; the active adapter comes back afterwards."""
+        active = self.active_adapter
+        if spec_for_config(self.peft_config).adapter_class.rewrites_backbone_weights:
+            raise MethodConfigError(
+                f"{type(self.peft_config).__name__} trains the backbone's own weights in place, so the "
+                "model as it was wrapped is gone and disable_adapter cannot run it; load a fresh base "
+                "model for its outputs."
+            )
+        self._park()
+        for name, head in self._initial_heads.items():
+            setattr(self.base_model, name, head.to(self._device()))
+        _apply_label_settings(self.base_model, self._initial_labels)
+        self.adapter = _NoAdapter(self.base_model, self._adapters[active].config)
+        try:
+            yield
+        finally:
+            del self.adapter
+            self._unpark(active)
+            self._set_trainable(self._adapters[active])
 
     def _attach(self, held: HeldAdapter, tokenizer=None):
         """Attach ``held``'s method to the base model (frozen but for the heads) and record what it trains."""

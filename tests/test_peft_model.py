@@ -232,3 +232,21 @@ def test_adapters_that_cannot_share_a_backbone_are_refused(tmp_path):
     with pytest.raises(AdapterMismatchError, match="another backbone"):
         other.load_adapter(tmp_path / "other-backbone", adapter_name="x")
     assert model.adapter_names == ["default"] and model.active_adapter == "default"
+
+
+def test_disable_adapter_runs_the_model_as_it_was_wrapped():
+    base = make_tiny_model("bert")
+    plain = make_tiny_model("bert")(**make_batch("bert")).logits
+    model = peftkit.get_peft_model(base, peftkit.PastaConfig(special_token_ids=special_ids("bert")))
+    with torch.no_grad():
+        model.adapter.special_token_embeddings.normal_()
+        base.classifier.weight.add_(1.0)
+    adapted = model(**make_batch("bert")).logits
+    with model.disable_adapter():
+        assert torch.equal(model(**make_batch("bert")).logits, plain)
+    assert torch.equal(model(**make_batch("bert")).logits, adapted)
+    assert model.adapter.special_token_embeddings.requires_grad
+    bitfit = peftkit.get_peft_model(make_tiny_model("bert"), peftkit.BitFitConfig())
+    with pytest.raises(MethodConfigError, match="disable_adapter cannot run it"):
+        with bitfit.disable_adapter():
+            pass

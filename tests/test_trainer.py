@@ -111,3 +111,14 @@ def test_trainer_checkpoints_resume_to_the_uninterrupted_result(method, tmp_path
     resumed = run(True)  # the latest checkpoint left: checkpoint-2
     expected = uninterrupted.trainable_state_dict()
     assert expected and all(torch.equal(param, expected[name]) for name, param in resumed.trainable_state_dict().items())
+
+
+def test_the_wrappers_forward_signature_is_the_base_models():
+    """What tools that keep only the columns a model takes (Trainer, ...) read."""
+    import inspect
+
+    text = peftkit.get_peft_model(make_tiny_model("bert"), method_config("pasta", None))
+    assert list(inspect.signature(text.forward).parameters) == list(inspect.signature(text.base_model.forward).parameters)
+    assert {"input_ids", "attention_mask", "labels"} <= set(inspect.signature(text.forward).parameters)
+    image = peftkit.get_peft_model(tiny_vit(), peftkit.VptConfig(num_prompt_tokens=2))
+    assert {"pixel_values", "labels"} <= set(inspect.signature(image.forward).parameters)
