@@ -223,17 +223,19 @@ def eval_command(
     from peftkit.training import evaluate
 
     stored = read_task_info(adapter)
-    if not stored and task is None:
-        raise AdapterFileError(f"{adapter} records no task; pass --task to evaluate it on.")
+    # An adapter saved by Trainer or save_pretrained records its labels but not its data.
+    recorded_data = "name" in stored
+    if not recorded_data and task is None:
+        raise AdapterFileError(f"{adapter} records no task data; pass --task to evaluate it on.")
     split = dict(stored.get("split", {}))
     if max_eval_examples is not None:
         split["max_eval_examples"] = max_eval_examples
-    if stored:
+    if recorded_data:
         task_config = data.TaskConfig.from_info(stored, **split, **({"task": task} if task else {}))
     else:
         task_config = data.TaskConfig(task=task, **split)
     loaded_task = data.load_task(task_config)
-    if stored and list(stored["label_names"]) != list(loaded_task.label_names):
+    if stored.get("label_names") and list(stored["label_names"]) != list(loaded_task.label_names):
         raise AdapterMismatchError(
             f"the adapter was trained on labels {stored['label_names']} but {loaded_task.name} has "
             f"{loaded_task.label_names}; evaluate it on a task with the same labels."
@@ -317,9 +319,9 @@ def predict_command(
         raise DataError("pass --text \"...\" to predict on.")
     elif kind == "token-classification":
         words = text.split()
-        inputs = processor(words, is_split_into_words=True, truncation=True, max_length=info["max_length"], return_tensors="pt")
+        inputs = processor(words, is_split_into_words=True, truncation=True, max_length=info.get("max_length"), return_tensors="pt")
     else:
-        inputs = processor(text, text_pair, truncation=True, max_length=info["max_length"], return_tensors="pt")
+        inputs = processor(text, text_pair, truncation=True, max_length=info.get("max_length"), return_tensors="pt")
 
     with torch.no_grad():
         logits = adapted(**inputs).logits[0]

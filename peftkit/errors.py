@@ -53,3 +53,11 @@ class RequestError(PeftkitError):
         self.status = status
         self.code = code
         self.headers = headers or {}
+
+
+class AdaptedModelError(PeftkitError):
+    """The model already carries an adapter; unload it or start from a fresh base model."""
+
+
+class BaseModelError(PeftkitError):
+    """The base model an adapter needs is not available locally, or cannot be loaded as asked."""

@@ -12,11 +12,14 @@ The CLI, the server and the analysis tools all load through here; nothing is dow
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from peftkit.errors import AdapterFileError, ModelKindError, PeftkitError
+
+logger = logging.getLogger(__name__)
 
 TASK_INFO_FILE = "peftkit_task.json"  # beside PEFT (LoRA) adapters, whose config has no room for it
 
@@ -128,26 +131,58 @@ def check_model_kind(model_path: str, kind: str, model_config=None, task_name: s
     )
 
 
-def load_base_model(model_path: str, task_info: dict[str, Any]):
+def load_base_model(model_path: str, task_info: dict[str, Any], model_class=None):
     """The backbone with a fresh head sized for the task's labels (the adapter restores it).
+
+    ``model_class`` defaults to the task kind's Auto class. A checkpoint that already has a head
+    of another size (a classifier fine-tuned on 2 labels, for a task with 3) gets a new head for
+    the task's labels, with a logged notice; a checkpoint whose *backbone* does not fit is refused.
+    Without label names in ``task_info`` the head keeps the checkpoint's size.
 
     Raises:
         ModelKindError: a text model for an image task or a vision model for a text task.
         PeftkitError: the directory cannot be loaded as the task's model class.
     """
     from peftkit import data
+    from peftkit.models import head_module_names
 
     check_model_kind(model_path, task_info["kind"], task_name=task_info.get("name"))
-    label_names = list(task_info["label_names"])
-    try:
-        return data.auto_model_class(task_info["kind"]).from_pretrained(
-            model_path,
+    model_class = model_class or data.auto_model_class(task_info["kind"])
+    label_names = list(task_info.get("label_names") or [])
+    labels = {}
+    if label_names:
+        labels = dict(
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={name: index for index, name in enumerate(label_names)},
         )
+    what = task_info.get("kind") or model_class.__name__
+    try:
+        # ignore_mismatched_sizes: a head of another size is re-initialised instead of raising;
+        # what was re-initialised is checked below.
+        model, loading_info = model_class.from_pretrained(
+            model_path, ignore_mismatched_sizes=True, output_loading_info=True, **labels
+        )
     except (OSError, ValueError) as error:
-        raise PeftkitError(f"cannot load the model in {model_path} for {task_info['kind']} ({error}).") from None
+        raise PeftkitError(f"cannot load the model in {model_path} for {what} ({error}).") from None
+    mismatched = sorted(loading_info.get("mismatched_keys") or [], key=lambda item: item[0])
+    if mismatched:
+        heads = set(head_module_names(model))
+        outside = [key for key, _, _ in mismatched if key.split(".")[0] not in heads]
+        if outside:
+            raise PeftkitError(
+                f"the weights in {model_path} do not fit a {type(model).__name__} built from its own "
+                f"config: {', '.join(outside[:3])} differ in shape. The checkpoint is damaged or its "
+                "config.json belongs to another model; save the model again with save_pretrained."
+            )
+        checkpoint_labels = next((tuple(old)[0] for key, old, _ in mismatched if key.endswith("bias")), None)
+        logger.warning(
+            "%s holds a task head for %s labels but the task has %d (%s): replaced it with a new head "
+            "for the task's labels (%s re-initialised); the rest of the model is loaded as saved.",
+            model_path, checkpoint_labels if checkpoint_labels is not None else "another number of",
+            len(label_names), ", ".join(map(str, label_names[:8])), ", ".join(key for key, _, _ in mismatched),
+        )
+    return model
 
 
 def text_processor(processor, kind: str):

@@ -341,3 +341,48 @@ def test_a_model_of_the_wrong_kind_is_refused_by_every_command(model_dir, sentim
     assert main(train_args(model_dir, sentiment_dir, tmp_path / "text", "--epochs", "1")) == 0
     assert main(["predict", str(tmp_path / "text"), "--image", str(digit_pngs)]) == 2
     assert "not images" in capsys.readouterr().err
+
+
+def test_train_from_a_classifier_with_another_label_count_replaces_its_head(model_dir, tmp_path, caplog):
+    """A fine-tuned 2-label checkpoint trained on a 3-label task: a new head and a notice, no raw RuntimeError."""
+    import logging
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    checkpoint = tmp_path / "two-label"
+    AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).save_pretrained(checkpoint)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(checkpoint)
+    data = tmp_path / "three.csv"
+    rows = [f"{t},pos" for t in POSITIVE] + [f"{t},neg" for t in NEGATIVE] + [f"{t} plot,meh" for t in POSITIVE]
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="peftkit.loading"):
+        assert main(train_args(checkpoint, data, tmp_path / "run", "--method", "linear")) == 0
+    assert "holds a task head for 2 labels but the task has 3" in caplog.text
+    config = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert config["task"]["label_names"] == ["meh", "neg", "pos"]
+
+
+def test_eval_and_predict_an_adapter_saved_by_trainer(model_dir, sentiment_dir, tmp_path, capsys):
+    """Trainer's save_model records the labels but not the data: predict needs nothing, eval needs --task."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    import peftkit
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1}
+    )
+    model = peftkit.get_peft_model(base, peftkit.PastaConfig(num_special_tokens=2), tokenizer=tokenizer)
+    rows = Dataset.from_dict({**tokenizer(POSITIVE + NEGATIVE, padding=True), "labels": [1] * 6 + [0] * 6})
+    trainer = Trainer(model=model, args=TrainingArguments(str(tmp_path / "run"), max_steps=2, learning_rate=0.03), train_dataset=rows)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+
+    result = predict_command(str(tmp_path / "adapter"), text="a great actor")
+    assert result["label"] in {"neg", "pos"}
+    assert main(["eval", str(tmp_path / "adapter")]) == 2
+    assert "records no task data; pass --task" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "adapter"), "--task", str(sentiment_dir)]) == 0
+    evaluated = json.loads((tmp_path / "adapter" / EVAL_METRICS_FILE).read_text())
+    assert evaluated["num_examples"] == 12 and 0.0 <= evaluated["accuracy"] <= 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 
 import peft
 import pytest
@@ -57,6 +58,9 @@ def pasta_dirs(tmp_path_factory):
         randomise_head(model.classifier)
         peft_model.task_info = info
         peft_model.save_pretrained(root / name)
+        if not info:  # save_pretrained records the head's kind and labels; this adapter must not
+            record = json.loads((root / name / "adapter_config.json").read_text())
+            (root / name / "adapter_config.json").write_text(json.dumps({**record, "task": {}}))
     return {name: root / name for name in PASTA_TASKS}
 
 
