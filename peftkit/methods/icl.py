@@ -93,6 +93,30 @@ def template_pieces(template: str) -> list[tuple[str, str | None]]:
     return pieces
 
 
+def label_prefix(pieces: list[tuple[str, str | None]]) -> str:
+    """What precedes the label word: the spaces before {label} (a single space if there are none)."""
+    literal = pieces[-1][0]
+    return literal[len(literal.rstrip(" ")):] or " "
+
+
+def start_token_ids(tokenizer) -> list[int]:
+    """[BOS] if the tokenizer starts its inputs with one (Llama's), else nothing (GPT-2's, SmolLM2's)."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []
+
+
+def query_token_ids(tokenizer, pieces: list[tuple[str, str | None]], texts: dict[str, list[int]]) -> list[int]:
+    """The template up to {label}, its literal pieces tokenized apart from the (already tokenized,
+    truncated) texts: the same token sequence whether the prompt is scored, cached or differentiated."""
+    ids: list[int] = []
+    for literal, field in pieces:
+        literal = literal.rstrip(" ") if field == "label" else literal
+        ids += tokenizer(literal, add_special_tokens=False)["input_ids"] if literal else []
+        if field in ("text", "text_pair"):
+            ids += texts[field]
+    return ids
+
+
 def default_label_words(label_names: Sequence[str]) -> list[str]:
     """Label names as words: "sci_tech" → "sci tech"."""
     return [str(name).replace("_", " ").replace("-", " ").strip() for name in label_names]
@@ -292,11 +316,8 @@ class InContextClassifier:
                 "lower num_demonstrations."
             )
         self.demonstrations, self.reserve = list(demonstrations), list(reserve or [])
-        label_gap = self.pieces[-1][0][len(self.pieces[-1][0].rstrip(" ")):]  # the spaces before {label}
-        self.verbalizers = verbalizer_token_ids(tokenizer, self.label_words, prefix=label_gap or " ")
-        bos = tokenizer.bos_token_id
-        starts_with_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
-        self.start_ids = [bos] if starts_with_bos else []
+        self.verbalizers = verbalizer_token_ids(tokenizer, self.label_words, prefix=label_prefix(self.pieces))
+        self.start_ids = start_token_ids(tokenizer)
         self.separator_ids = self._ids(config.separator)
         self.text_token_budget = self._text_budget()
         self.truncation = Truncation(text_token_budget=self.text_token_budget)
@@ -347,13 +368,10 @@ class InContextClassifier:
     def example_ids(self, text: str, pair: str | None = None, label: int | None = None, count: bool = True) -> list[int]:
         """The template filled for one example, up to {label} (query) or through the label word
         (demonstration); ``count`` adds its texts to the truncation report."""
-        ids: list[int] = []
-        for literal, field in self.pieces:
-            ids += self._ids(literal.rstrip(" ") if field == "label" else literal)
-            if field == "text":
-                ids += self._text_ids(text, count)
-            elif field == "text_pair":
-                ids += self._text_ids(pair or "", count)
+        texts = {"text": self._text_ids(text, count)}
+        if self.is_pair:
+            texts["text_pair"] = self._text_ids(pair or "", count)
+        ids = query_token_ids(self.tokenizer, self.pieces, texts)
         if label is not None:
             ids += self.verbalizers[label] + self.separator_ids
         return ids
