@@ -60,7 +60,7 @@ class LinearTaskPrior:
 
     dim: int = 5
     """d, the dimension of x and of the task vector z."""
-    num_points: int = 40
+    num_points: int = 20
     """T, the (x, y) pairs per prompt."""
     noise_std: float = 0.5
     """σ, the standard deviation of the label noise ε."""
@@ -278,11 +278,11 @@ class IclBayesConfig:
 
     prior: LinearTaskPrior = dataclasses.field(default_factory=LinearTaskPrior)
     hidden_size: int = 64
-    num_layers: int = 4
+    num_layers: int = 3
     num_heads: int = 4
-    train_steps: int = 4000
+    train_steps: int = 3000
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     warmup_ratio: float = 0.05
     eval_prompts: int = 2000
     seed: int = 0
@@ -323,14 +323,27 @@ def pretrain(config: IclBayesConfig, output_dir: Path, *, overwrite: bool = Fals
     return InContextRegressor.from_pretrained(output_dir), metrics
 
 
-def run_icl_bayes(config: IclBayesConfig, output_dir: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Any]:
-    """Pretrain, measure in-distribution and mis-specified in-context errors, fit the decay, and
+def run_icl_bayes(config: IclBayesConfig, output_dir: str | os.PathLike, *, overwrite: bool = False,
+                  pretrained: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Pretrain (or load ``pretrained``, a ``pretraining/`` directory of an earlier run, and only
+    measure), measure in-distribution and mis-specified in-context errors, fit the decay, and
     write icl_bayes.json, icl_bayes.md and icl_bayes.png (plus the model under ``pretraining/``)."""
     config.prior.check()
     output = ensure_output_dir(output_dir, overwrite=overwrite)
     started = time.perf_counter()
-    model, training_metrics = pretrain(config, output / "pretraining", overwrite=overwrite)
-    train_seconds = time.perf_counter() - started
+    if pretrained is None:
+        model, training_metrics = pretrain(config, output / "pretraining", overwrite=overwrite)
+    else:
+        model = InContextRegressor.from_pretrained(pretrained)
+        if (model.dim, model.num_points) != (config.prior.dim, config.prior.num_points):
+            raise PeftkitError(
+                f"{pretrained} was pretrained with dim {model.dim} and num_points {model.num_points}; "
+                "pass the same --dim and --num-points to measure it."
+            )
+        metrics_path = Path(pretrained) / "metrics.json"
+        training_metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+        config = dataclasses.replace(config, **{key: value for key, value in model.settings.items() if key in ("hidden_size", "num_layers", "num_heads")})
+    train_seconds = training_metrics.get("train_seconds", time.perf_counter() - started)
     prior = config.prior
     in_distribution = in_context_errors(model, prior, prior, config.eval_prompts, seed=config.seed + 2_000_003)
     shifted = []
@@ -352,8 +365,10 @@ def run_icl_bayes(config: IclBayesConfig, output_dir: str | os.PathLike, *, over
         "noise_floor": noise_floor,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": train_seconds,
-        "final_validation_mse": training_metrics["best_metric"],
-        "train_loss": training_metrics["train_loss"],
+        "pretrained": str(pretrained) if pretrained is not None else None,
+        "train_steps_done": training_metrics.get("global_steps"),
+        "final_validation_mse": training_metrics.get("best_metric"),
+        "train_loss": training_metrics.get("train_loss"),
         "in_distribution": in_distribution,
         "excess_error_fits": fits,
         "mis_specified": shifted,
@@ -376,7 +391,7 @@ def markdown_report(result: dict[str, Any]) -> str:
     shown = sorted({0, 1, dim // 2, dim - 1, dim, dim + 1, 2 * dim, 4 * dim, length - 1} & set(range(length)))
     lines = [
         f"d = {dim}, σ = {prior['noise_std']}, τ = {prior['prior_std']}, T = {length}; noise floor σ² = {result['noise_floor']:.3f}. "
-        f"Transformer: {result['parameters']:,d} parameters, {result['config']['train_steps']} steps × {result['config']['batch_size']} prompts, "
+        f"Transformer: {result['parameters']:,d} parameters, {result.get('train_steps_done') or result['config']['train_steps']} steps × {result['config']['batch_size']} prompts, "
         f"{result['train_seconds']:.0f} s. Errors are mean squared errors over {result['in_distribution']['num_prompts']} fresh prompts.",
         "",
         "| t (examples in context) | transformer | posterior mean | least squares | transformer − posterior mean (squared) |",
@@ -434,18 +449,19 @@ def plot_icl_bayes(result: dict[str, Any], path: str | os.PathLike) -> None:
 def icl_bayes_command(
     output: str = "runs/icl-bayes",
     dim: int = 5,
-    num_points: int = 40,
+    num_points: int = 20,
     noise_std: float = 0.5,
     prior_std: float = 1.0,
     hidden_size: int = 64,
-    num_layers: int = 4,
+    num_layers: int = 3,
     num_heads: int = 4,
-    train_steps: int = 4000,
+    train_steps: int = 3000,
     batch_size: int = 64,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 2e-3,
     eval_prompts: int = 2000,
     seed: int = 0,
     overwrite: bool = False,
+    pretrained: str | None = None,
 ) -> dict[str, Any]:
     """Pretrain a small GPT-2 on Gaussian linear prompts and compare its in-context error with the Bayes posterior mean.
 
@@ -460,17 +476,18 @@ def icl_bayes_command(
         num_heads: Attention heads per layer.
         train_steps: Optimizer steps of pretraining (each on batch_size fresh prompts).
         batch_size: Prompts per step.
-        learning_rate: Peak AdamW learning rate (cosine decay after 5% warm-up).
+        learning_rate: Peak AdamW learning rate (cosine decay after 5% warm-up, gradients clipped at norm 1).
         eval_prompts: Fresh prompts per evaluation curve.
         seed: Seeds the prompts, the initialisation and the data order.
         overwrite: Replace an existing run in --output.
+        pretrained: Measure the model in this pretraining/ directory of an earlier run instead of pretraining one.
     """
     config = IclBayesConfig(
         prior=LinearTaskPrior(dim=dim, num_points=num_points, noise_std=noise_std, prior_std=prior_std),
         hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, train_steps=train_steps,
         batch_size=batch_size, learning_rate=learning_rate, eval_prompts=eval_prompts, seed=seed,
     )
-    result = run_icl_bayes(config, output, overwrite=overwrite)
+    result = run_icl_bayes(config, output, overwrite=overwrite, pretrained=pretrained)
     print(markdown_report(result))
     print(f"written: {Path(output) / RESULTS_JSON}, {Path(output) / RESULTS_MD}, {Path(output) / RESULTS_PLOT}")
     return result
