@@ -124,8 +124,10 @@ def train_in_context(
         try:
             classifier = InContextClassifier(causal_lm, tokenizer, dataclasses.replace(config, num_demonstrations=k),
                                              config.label_words, pool_texts, pool_labels, pool_pairs)
-        except MethodConfigError as error:  # this k no longer fits the context: the sweep stops here
-            print(f"k = {k}: skipped ({error})")
+        except (MethodConfigError, DataError) as error:
+            if k == config.num_demonstrations:  # the run's own k must fit
+                raise
+            print(f"k = {k}: skipped ({error})")  # a sweep point beyond the context or the training split
             continue
         result = _classify(classifier, texts, pairs, labels, loaded_task.label_names)
         entry = {"k": k, "accuracy": result["uncalibrated"]["accuracy"], "calibrated_accuracy": result["calibrated"]["accuracy"],

@@ -37,11 +37,12 @@ def test_train_eval_predict_in_context(causal_lm_dir, sentiment_dir, tmp_path, c
     output = tmp_path / "icl"
     code = main([
         "train", "--method", "icl", "--model", str(causal_lm_dir), "--task", str(sentiment_dir), "--output", str(output),
-        "--icl-shots", "0,1,2", "--method-options", '{"num_demonstrations": 2, "calibrate": true}',
+        "--icl-shots", "0,1,2,64", "--method-options", '{"num_demonstrations": 2, "calibrate": true}',
     ])
     assert code == 0
     printed = capsys.readouterr().out
     assert "0 trainable parameters" in printed and "k = 1:" in printed
+    assert "k = 64: skipped" in printed  # beyond the 256-token context (and the 20 training rows)
     assert is_icl_directory(output)
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["trainable_parameters"] == 0 and metrics["num_eval_examples"] == 10
@@ -69,6 +70,15 @@ def test_icl_on_a_task_that_is_not_text_classification_is_a_clear_error(causal_l
     code = main(["train", "--method", "icl", "--model", str(causal_lm_dir), "--task", str(conll), "--output", str(tmp_path / "x")])
     assert code == 2
     assert "classifies text" in capsys.readouterr().err
+
+
+def test_a_k_that_does_not_fit_is_a_clear_error(causal_lm_dir, sentiment_dir, tmp_path, capsys):
+    code = main([
+        "train", "--method", "icl", "--model", str(causal_lm_dir), "--task", str(sentiment_dir), "--output", str(tmp_path / "x"),
+        "--method-options", '{"num_demonstrations": 16, "max_prompt_tokens": 64}',
+    ])
+    assert code == 2
+    assert "lower num_demonstrations" in capsys.readouterr().err
 
 
 def test_label_words_must_match_the_labels(causal_lm_dir, sentiment_dir, tmp_path, capsys):
