@@ -442,7 +442,8 @@ def plot_icl_bayes(result: dict[str, Any], path: str | os.PathLike) -> None:
     right.set_yscale("log")
     right.set_xlabel("in-context examples t")
     right.set_title("mis-specified prompts")
-    right.legend(fontsize=7)
+    if result["mis_specified"]:
+        right.legend(fontsize=7)
     atomic_write(path, lambda tmp: FigureCanvasAgg(figure).print_png(tmp))
 
 
