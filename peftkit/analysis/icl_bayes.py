@@ -440,6 +440,7 @@ def plot_icl_bayes(result: dict[str, Any], path: str | os.PathLike) -> None:
         right.plot(t, shift["transformer"], color=f"C{index}", label=f"{shift['name']}: transformer")
         right.plot(t, shift["posterior_mean_true_prior"], color=f"C{index}", linestyle="--", label=f"{shift['name']}: Bayes, true prior")
     right.set_yscale("log")
+    right.set_ylim(bottom=1e-3)  # noiseless prompts: the true-prior Bayes error falls to rounding error
     right.set_xlabel("in-context examples t")
     right.set_title("mis-specified prompts")
     if result["mis_specified"]:
