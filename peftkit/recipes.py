@@ -62,13 +62,13 @@ _PEFT_TASK_TYPES = {"text-classification": "SEQ_CLS", "token-classification": "T
 
 def canonical_method(method: str) -> str:
     """The registry name of ``method`` ("PASTA", "linear_probe" → ...), or "lora"."""
-    if method.lower() == "lora":
-        return "lora"
+    if method.lower() in ("lora", "icl"):  # PEFT's own, and in-context learning (peftkit.methods.icl), have no adapter class
+        return method.lower()
     try:
         return get_method(method).name
     except MethodConfigError:
         raise MethodConfigError(
-            f"unknown method {method!r}; peftkit trains {', '.join(sorted({*method_names(), 'lora'}))}."
+            f"unknown method {method!r}; peftkit trains {', '.join(sorted({*method_names(), 'lora', 'icl'}))}."
         ) from None
 
 

