@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import numpy as np
 import peft
 import pytest
 import torch
 
 import peftkit
 from peftkit.errors import MethodConfigError
-from peftkit.recipes import RECIPES, build_method_config, canonical_method, recipe, training_config
+from peftkit.recipes import (
+    RECIPES,
+    SELECTION_GRIDS,
+    build_method_config,
+    canonical_method,
+    recipe,
+    selection_grid,
+    training_config,
+)
 from tests.tiny_models import make_batch, make_tiny_model
 
 SINGLE = {"kind": "text-classification", "is_pair": False, "label_names": ["a", "b", "c"]}
@@ -91,3 +100,24 @@ def test_lora_on_an_unknown_family_asks_for_target_modules():
     model.config = type("Config", (), {"model_type": "mystery"})()
     with pytest.raises(MethodConfigError, match="target_modules"):
         build_method_config("lora", model, SINGLE, {})
+
+
+def test_vpt_shallow_and_deep_are_method_names_with_the_vpt_recipe():
+    info = {"kind": "image-classification", "is_pair": False, "label_names": ["a", "b"]}
+    for name, deep in (("vpt-shallow", False), ("VPT-Deep", True)):
+        assert canonical_method(name) == "vpt" and recipe(name) == recipe("vpt")
+        config = build_method_config(name, None, info, {"num_prompt_tokens": 3})
+        assert isinstance(config, peftkit.VptConfig) and config.deep is deep and config.num_prompt_tokens == 3
+    assert build_method_config("vpt-deep", None, info, {"deep": False}).deep is False  # the user's option wins
+
+
+def test_every_method_has_a_small_selection_grid_around_its_recipe():
+    assert set(peftkit.method_names()) | {"lora"} <= set(SELECTION_GRIDS)
+    for method in SELECTION_GRIDS:
+        full, quick = selection_grid(method), selection_grid(method, quick=True)
+        points = np.prod([len(values) for values in full.values()])
+        assert 2 <= points <= 4 and np.prod([len(values) for values in quick.values()]) == 2
+        rates = full["learning_rate"]
+        assert min(rates) <= recipe(method)["learning_rate"] * 1.01 and max(rates) >= recipe(method)["learning_rate"] / 1.01
+    # VPT's prompt length is chosen too, as the paper does per task
+    assert [options["num_prompt_tokens"] for options in selection_grid("vpt-deep")["method_options"]] == [5, 20]
