@@ -71,8 +71,8 @@ LORA_TARGET_MODULES: dict[str, list[str]] = {
     "xlm-roberta": ["query", "value"],
     "camembert": ["query", "value"],
     "electra": ["query", "value"],
-    "vit": ["query", "value"],
-    "deit": ["query", "value"],
+    "vit": ["q_proj", "v_proj"],  # transformers 5 names ViT's attention projections like Llama's
+    "deit": ["q_proj", "v_proj"],
     "distilbert": ["q_lin", "v_lin"],
     "deberta": ["in_proj"],
     "deberta-v2": ["query_proj", "value_proj"],

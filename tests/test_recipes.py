@@ -87,6 +87,23 @@ def test_lora_targets_the_family_attention_and_saves_the_head(family, targets):
     adapted(**make_batch(family))  # the wrapped model runs
 
 
+@pytest.mark.parametrize("family", ["vit", "deit"])
+def test_lora_on_a_vision_transformer_adapts_its_attention_and_trains_the_head(family):
+    from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
+
+    config_class, model_class = {"vit": (ViTConfig, ViTForImageClassification), "deit": (DeiTConfig, DeiTForImageClassification)}[family]
+    torch.manual_seed(0)
+    model = model_class(config_class(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, num_labels=3))
+    info = {"kind": "image-classification", "is_pair": False, "label_names": ["a", "b", "c"]}
+    adapted = peftkit.get_peft_model(model, build_method_config("lora", model, info, {}))
+    adapted_names = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in adapted.named_parameters() if "lora_A" in name}
+    assert adapted_names == {"q_proj", "v_proj"}
+    trained = [name for name, p in adapted.named_parameters() if p.requires_grad]
+    assert any("classifier" in name for name in trained)
+    assert adapted(pixel_values=torch.randn(2, 3, 16, 16)).logits.shape == (2, 3)
+
+
 def test_lora_for_token_classification_and_overrides():
     model = make_tiny_model(token_classification=True)
     config = build_method_config("lora", model, TOKENS, {"r": 4, "target_modules": ["query"]})
