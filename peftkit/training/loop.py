@@ -83,6 +83,13 @@ class TrainingConfig:
     activation_checkpointing: bool = False
     """Recompute each layer's activations in backward instead of keeping them (less memory,
     about one more forward per step; same gradients, so a resumed run may switch it)."""
+    optimizer: str = "adamw"
+    """"adamw" (torch AdamW) or "sgd" (torch SGD with ``momentum``, as VPT's paper trains)."""
+    momentum: float = 0.9
+    """SGD momentum (ignored by AdamW)."""
+    early_stopping_patience: int | None = None
+    """Stop once the validation metric has not improved for this many epochs (the best
+    adapter is kept either way); None = train every epoch."""
 
 
 # Settings a resumed run must share with the checkpoint, or it would not continue the same run.
@@ -97,7 +104,11 @@ RESUME_MUST_MATCH = (
     "max_steps",
     "seed",
     "max_grad_norm",
+    "optimizer",
+    "momentum",
+    "early_stopping_patience",
 )
+OPTIMIZERS = ("adamw", "sgd")
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -133,6 +144,10 @@ def _check_config(config: TrainingConfig) -> None:
             problems.append(f"{name} must be at least 1, not {getattr(config, name)}")
     if config.max_steps is not None and config.max_steps < 1:
         problems.append(f"max_steps must be at least 1 (or None), not {config.max_steps}")
+    if config.optimizer not in OPTIMIZERS:
+        problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {config.optimizer!r}")
+    if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
+        problems.append(f"early_stopping_patience must be at least 1 (or None), not {config.early_stopping_patience}")
     if not 0 <= config.warmup_ratio < 1:
         problems.append(f"warmup_ratio must be in [0, 1), not {config.warmup_ratio}")
     if problems:
@@ -161,6 +176,13 @@ def _optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
         {"params": [p for n, p in trainable if n in no_decay], "weight_decay": 0.0},
     ]
     return [group for group in groups if group["params"]]
+
+
+def _make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    groups = _optimizer_groups(model, config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
 def _concat_padded(arrays: list[np.ndarray], pad_value: float) -> np.ndarray:
@@ -274,7 +296,7 @@ def train(
     if config.activation_checkpointing:
         enable_activation_checkpointing(model)
     unwrapped = model
-    optimizer = torch.optim.AdamW(_optimizer_groups(model, config.weight_decay), lr=config.learning_rate)
+    optimizer = _make_optimizer(model, config)
     # Own generators everywhere: a DataLoader without one draws its base seed from the global
     # torch generator on every epoch, which would shift dropout after a resume.
     train_loader = DataLoader(
@@ -371,6 +393,7 @@ def train(
             "global_steps": global_step,
             "total_steps": total_steps,
             "finished": finished,
+            "stopped_early": history.get("stopped_early", False),
             "train_seconds": history["train_seconds"],
             "eval_seconds": history["eval_seconds"],
             "seconds_per_step": history["train_seconds"] / max(1, len(history["steps"])),
@@ -408,7 +431,7 @@ def train(
     )
     last_checkpoint = str(checkpoint_dir) if checkpoint_dir is not None else None
     try:
-        while epoch < config.epochs and global_step < total_steps:
+        while epoch < config.epochs and global_step < total_steps and not history.get("stopped_early"):
             model.train()
             train_loader.set_epoch(epoch)
             loader = skip_first_batches(train_loader, batches_done) if batches_done else train_loader
@@ -498,7 +521,12 @@ def train(
                     + (" (best so far, saved)" if improved else "")
                 )
             epoch, batches_done = epoch + 1, 0
-            finished = epoch >= config.epochs or global_step >= total_steps
+            stale_epochs = epoch - history["best_epoch"]
+            stopped_early = config.early_stopping_patience is not None and stale_epochs >= config.early_stopping_patience
+            if stopped_early and epoch < config.epochs and accelerator.is_local_main_process:
+                progress.write(f"early stop: no improvement for {stale_epochs} epochs; best epoch {history['best_epoch']}")
+            history["stopped_early"] = stopped_early and epoch < config.epochs
+            finished = epoch >= config.epochs or global_step >= total_steps or stopped_early
             write_checkpoint(finished=finished)
             last_checkpoint = str(output_dir / "checkpoint")
             result = write_metrics(finished=finished)
@@ -526,10 +554,12 @@ def _check_resumable(
 ) -> None:
     """Refuse to resume into different settings: the result would match neither run."""
     saved_config = saved.get("config", {})
+    # A checkpoint from before a setting existed ran with that setting's default.
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainingConfig)}
     differences = [
-        f"{name} was {saved_config.get(name)!r}, now {getattr(config, name)!r}"
+        f"{name} was {saved_config.get(name, defaults[name])!r}, now {getattr(config, name)!r}"
         for name in RESUME_MUST_MATCH
-        if saved_config.get(name) != getattr(config, name)
+        if saved_config.get(name, defaults[name]) != getattr(config, name)
     ]
     if saved.get("num_train_examples") != num_train_examples:
         differences.append(f"training examples were {saved.get('num_train_examples')}, now {num_train_examples}")

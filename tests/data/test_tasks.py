@@ -10,6 +10,7 @@ from peftkit.data import (
     TaskConfig,
     auto_model_class,
     builtin_task_names,
+    carve_dev_split,
     encode_task,
     load_task,
     majority_baseline,
@@ -116,3 +117,19 @@ def test_encode_task_dispatches_on_the_kind(tmp_path, tiny_tokenizer):
     train, validation = encode_task(task, tiny_tokenizer, max_length=8)
     assert len(train) == len(task.train) and len(validation) == len(task.validation)
     assert list(train["labels"]) == list(task.train["label"])
+
+
+def test_dev_split_comes_from_training_rows_only_and_keeps_duplicates_together(tmp_path):
+    lines = ["text,label"] + [f"good movie {i},pos" for i in range(12)] + [f"bad movie {i},neg" for i in range(12)]
+    lines += ["good movie 0,pos"] * 3  # a duplicated training text must not be on both sides
+    train = write(tmp_path / "train.csv", "\n".join(lines) + "\n")
+    task = load_task(TaskConfig(task=train, validation_fraction=0.25, seed=1))
+    fit, dev = carve_dev_split(task, 0.25, seed=3)
+    fit_texts, dev_texts, reported = set(fit.train["text"]), set(dev["text"]), set(task.validation["text"])
+    assert not fit_texts & dev_texts and not dev_texts & reported and not fit_texts & reported
+    assert len(fit.train) + len(dev) == len(task.train) and fit.validation is task.validation
+    assert sorted(set(dev["label"])) == [0, 1]  # stratified: both classes on dev
+    again, _ = carve_dev_split(task, 0.25, seed=3)
+    assert again.train["text"] == fit.train["text"]  # seeded
+    with pytest.raises(DataError, match="--dev-fraction must be between 0 and 1"):
+        carve_dev_split(task, 1.0, seed=0)

@@ -1,15 +1,23 @@
-"""``peftkit compare``: each method in its own process, same budget, ratios to full fine-tuning."""
+"""``peftkit compare``: settings chosen on a dev split carved from the training data, seeds,
+mean ± std from the kept runs, each method in its own process, ratios to full fine-tuning."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from transformers import ViTConfig, ViTModel
 
-from peftkit.cli import main
-from peftkit.errors import TrainingError
-from peftkit.training.compare import compare_command, markdown_table
+from peftkit.cli import eval_command, main
+from peftkit.data import TaskConfig, carve_dev_split, load_task
+from peftkit.data.images import image_processor_for
+from peftkit.errors import MethodConfigError, TrainingError
+from peftkit.data.tasks import kind_of_task
+from peftkit.training.compare import IMAGE_METHODS, TEXT_METHODS, compare_command, markdown_table
+from tests.data.test_images import make_folder
 from tests.tiny_models import save_tiny_bert_checkpoint
 
 WORDS = {"pos": ["the movie was great", "a good plot", "great actor"], "neg": ["the movie was terrible", "a bad plot", "bad actor"]}
@@ -17,58 +25,109 @@ WORDS = {"pos": ["the movie was great", "a good plot", "great actor"], "neg": ["
 
 @pytest.fixture
 def model_and_task(tmp_path) -> tuple[Path, Path]:
+    """A tiny BERT and one CSV (no validation file: the validation split is held out per seed),
+    every row a distinct text so that dev, validation and training rows can be told apart."""
     model_dir = save_tiny_bert_checkpoint(tmp_path / "tiny-bert")
-    task_dir = tmp_path / "task"
-    task_dir.mkdir()
-    for split, repeat in (("train", 3), ("validation", 1)):
-        rows = ["text,label"] + [f"{t},{label}" for label, texts in WORDS.items() for t in texts * repeat]
-        (task_dir / f"{split}.csv").write_text("\n".join(rows) + "\n")
-    return model_dir, task_dir
+    rows = ["text,label"] + [f"{text} {'the ' * i}{'a ' * j},{label}" for label, texts in WORDS.items()
+                             for i, text in enumerate(texts) for j in range(5)]
+    task = tmp_path / "reviews.csv"
+    task.write_text("\n".join(rows) + "\n")
+    return model_dir, task
 
 
-def test_compare_writes_json_table_and_plot_with_ratios_to_full(model_and_task, tmp_path):
-    model_dir, task_dir = model_and_task
+def test_compare_chooses_on_dev_reports_validation_and_keeps_every_run(model_and_task, tmp_path):
+    model_dir, task = model_and_task
     output = tmp_path / "cmp"
     result = compare_command(
-        methods="pasta,linear,full", model=str(model_dir), task=str(task_dir), output=str(output),
-        epochs=1, batch_size=4, max_train_examples=None, max_length=16,
+        methods="linear,full", model=str(model_dir), task=str(task), output=str(output),
+        epochs=2, batch_size=4, max_train_examples=None, max_length=16, quick=True, seed=3,
+    )
+    saved = json.loads((output / "compare.json").read_text())
+    rows = {row["method"]: row for row in saved["rows"]}
+    assert [row["method"] for row in result["rows"]] == ["linear", "full"] == list(rows)
+    assert saved["seeds"] == [3, 4] and saved["quick"] and saved["grids"]["linear"] == {"learning_rate": [1e-2, 3e-2]}
+    for method, row in rows.items():
+        runs = saved["runs"][method]
+        # the two-point grid at the first seed, then the winner once more: 3 runs, all kept in compare.json
+        assert len(runs) == 3 == row["runs"] and [run["seed"] for run in runs] == [3, 3, 4]
+        first = runs[:2]
+        best = max(first, key=lambda run: (run["dev_metric"], -run["dev_loss"]))
+        assert best["selected"] and best["settings"] == row["chosen"] and not [r for r in first if r is not best][0]["selected"]
+        kept = [run for run in runs if run["kept"]]
+        assert [run["seed"] for run in kept] == [3, 4] and all(run["settings"] == row["chosen"] for run in kept)
+        reported = [run["reported_metric"] for run in kept]
+        assert row["metric"] == pytest.approx(np.mean(reported)) and row["metric_per_seed"] == reported
+        assert row["metric_std"] == pytest.approx(np.std(reported, ddof=1))
+        for run in kept:
+            # the dev split (and the rows trained on) never overlap the reported validation split
+            loaded = load_task(TaskConfig(task=str(task), seed=run["seed"]))
+            fit, dev = carve_dev_split(loaded, 0.2, run["seed"])
+            assert (len(fit.train), len(dev)) == (run["num_train_examples"], run["dev_examples"])
+            assert not set(dev["text"]) & set(loaded.validation["text"])
+            assert not set(fit.train["text"]) & set(loaded.validation["text"])
+            # the reported figure is the kept adapter's score on the validation split
+            assert eval_command(run["run_dir"])["accuracy"] == pytest.approx(run["reported_metric"])
+        loser = next(run for run in runs if not run["kept"])
+        assert not (Path(loser["run_dir"]) / "adapter_model.safetensors").exists()
+        assert (Path(loser["run_dir"]) / "metrics.json").is_file()
+        assert not (Path(kept[0]["run_dir"]) / "checkpoint").exists()  # resumable state of finished runs is dropped
+    assert rows["linear"]["trainable_parameters"] == 66
+    assert rows["full"]["trainable_parameters"] > 100 * rows["linear"]["trainable_parameters"]
+    assert rows["full"]["step_time_vs_full"] == 1.0 and rows["full"]["peak_memory_vs_full"] == 1.0
+    assert rows["linear"]["adapter_bytes"] < rows["full"]["adapter_bytes"] / 10
+    assert rows["full"]["backbone_weights_rewritten_per_switch"] > 0 == rows["linear"]["backbone_weights_rewritten_per_switch"]
+    table = (output / "compare.md").read_text()
+    assert table == markdown_table(saved["rows"]) and "| linear |" in table and " ± " in table
+    assert (output / "compare.png").stat().st_size > 1000
+
+
+def save_tiny_vit(directory: Path) -> Path:
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, num_channels=3)
+    torch.manual_seed(0)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(directory)  # a backbone: compare gives it fresh heads
+    image_processor_for(config).save_pretrained(directory)
+    return directory
+
+
+def test_compare_on_images_runs_vpt_shallow_and_deep(tmp_path):
+    images = make_folder(tmp_path / "animals", per_class=10)
+    assert kind_of_task(str(images)) == kind_of_task("mnist") == "image-classification"
+    assert kind_of_task("bbc-news") == "text-classification"
+    assert "vpt-deep" in IMAGE_METHODS.split(",") and "vpt-deep" not in TEXT_METHODS.split(",")
+    result = compare_command(
+        methods="vpt-shallow,vpt-deep", model=str(save_tiny_vit(tmp_path / "vit")), task=str(images),
+        output=str(tmp_path / "cmp"), epochs=1, batch_size=4, max_train_examples=None, seeds=1, quick=True,
     )
     rows = {row["method"]: row for row in result["rows"]}
-    assert set(rows) == {"pasta", "linear", "full"}
-    assert rows["full"]["step_time_vs_full"] == 1.0 and rows["full"]["peak_memory_vs_full"] == 1.0
-    # linear probe trains only the 32x2+2 head; PASTA adds 2 layers x 2 slots x 32
-    assert rows["linear"]["trainable_parameters"] == 66
-    assert rows["pasta"]["trainable_parameters"] == 66 + 2 * 2 * 32
-    assert rows["full"]["trainable_parameters"] > 100 * rows["pasta"]["trainable_parameters"]
-    assert rows["pasta"]["adapter_bytes"] < rows["full"]["adapter_bytes"] / 10
-    assert rows["pasta"]["backbone_weights_rewritten_per_switch"] == 0
-    assert rows["full"]["backbone_weights_rewritten_per_switch"] > 0
+    assert set(rows) == {"vpt-shallow", "vpt-deep"}
+    # deep adds prompts at both layers, shallow at the first only: 10 prompts × 32 per extra layer
+    assert rows["vpt-deep"]["trainable_parameters"] - rows["vpt-shallow"]["trainable_parameters"] == 10 * 32
     for row in rows.values():
-        assert 0.0 <= row["metric"] <= 1.0
-        assert row["median_step_seconds"] > 0 and row["peak_memory_mb"] > 0
-    saved = json.loads((output / "compare.json").read_text())
-    assert [row["method"] for row in saved["rows"]] == ["pasta", "linear", "full"]
-    table = (output / "compare.md").read_text()
-    assert table == markdown_table(saved["rows"]) and "| pasta |" in table
-    assert (output / "compare.png").stat().st_size > 1000
-    assert (output / "pasta" / "adapter_model.safetensors").is_file()
+        assert row["metric_std"] is None and len(result["runs"][row["method"]]) == 2
+        assert set(row["chosen"]) == {"learning_rate"}
 
 
-def test_compare_refuses_a_non_empty_output_and_reports_a_failing_method(model_and_task, tmp_path):
-    model_dir, task_dir = model_and_task
+def test_compare_refuses_a_non_empty_output_an_unknown_method_and_reports_a_failing_one(model_and_task, tmp_path):
+    model_dir, task = model_and_task
     output = tmp_path / "cmp"
     output.mkdir()
     (output / "keep.txt").write_text("mine")
     with pytest.raises(TrainingError, match="not empty"):
-        compare_command(methods="pasta", model=str(model_dir), task=str(task_dir), output=str(output))
-    with pytest.raises(TrainingError, match="training no-such-method failed"):
-        compare_command(methods="no-such-method", model=str(model_dir), task=str(task_dir), output=str(tmp_path / "b"))
+        compare_command(methods="linear", model=str(model_dir), task=str(task), output=str(output))
+    with pytest.raises(MethodConfigError, match="unknown method 'no-such-method'"):
+        compare_command(methods="linear,no-such-method", model=str(model_dir), task=str(task), output=str(tmp_path / "b"))
+    with pytest.raises(TrainingError, match=r"(?s)training vpt failed.*Vision Transformer"):  # VPT needs a ViT, not BERT
+        compare_command(methods="vpt", model=str(model_dir), task=str(task), output=str(tmp_path / "c"), quick=True, seeds=1)
+    assert not (tmp_path / "b").exists()
 
 
 def test_compare_is_a_cli_command(model_and_task, tmp_path, capsys):
-    model_dir, task_dir = model_and_task
-    assert main(["compare", "--methods", "", "--model", str(model_dir), "--task", str(task_dir), "--output", str(tmp_path / "c")]) == 2
+    model_dir, task = model_and_task
+    assert main(["compare", "--methods", "", "--model", str(model_dir), "--task", str(task), "--output", str(tmp_path / "c")]) == 2
     assert "--methods is empty" in capsys.readouterr().err
+    assert main(["compare", "--methods", "linear", "--seeds", "0", "--task", str(task), "--output", str(tmp_path / "d")]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err
 
 
 def test_compare_on_an_image_task_without_model_builds_the_default_backbone_once(tmp_path, monkeypatch, capsys):
@@ -78,11 +137,12 @@ def test_compare_on_an_image_task_without_model_builds_the_default_backbone_once
     monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(pretrain.PRETRAIN_OPTIONS_ENV, json.dumps(TINY_VIT_PRETRAIN))
     result = compare_command(methods="linear,vpt", task="digits", output=str(tmp_path / "cmp"), epochs=1,
-                             batch_size=16, max_train_examples=64, max_eval_examples=32)
+                             batch_size=16, max_train_examples=64, max_eval_examples=32, quick=True, seeds=1)
     backbone = str(pretrain.default_backbone_dir())
     assert capsys.readouterr().err.count("building the default image backbone once") == 1  # here, not per method
     assert result["train_args"][:2] == ["--model", backbone]
     for method in ("linear", "vpt"):
-        config = json.loads((tmp_path / "cmp" / method / "adapter_config.json").read_text())
+        kept = [run for run in result["runs"][method] if run["kept"]]
+        config = json.loads((Path(kept[0]["run_dir"]) / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == backbone
         assert "building" not in (tmp_path / "cmp" / f"{method}.log").read_text()

@@ -101,13 +101,18 @@ def test_compare_puts_icl_beside_a_tuned_method(causal_lm_dir, sentiment_dir, tm
     output = tmp_path / "cmp"
     result = compare_command(
         methods="linear,icl", model=str(bert), task=str(sentiment_dir), output=str(output), epochs=1, batch_size=4,
-        max_train_examples=None, max_length=16, icl_model=str(causal_lm_dir), icl_shots="0,2",
+        max_train_examples=None, max_length=16, icl_model=str(causal_lm_dir), icl_shots="0,2", quick=True, seeds=2,
     )
     rows = {row["method"]: row for row in result["rows"]}
+    # one run per seed, each its own draw of demonstrations; the row is their mean ± std
+    icl_runs = result["runs"]["icl"]
+    assert [run["seed"] for run in icl_runs] == [0, 1] == rows["icl"]["seeds"]
+    per_seed = [json.loads((Path(run["run_dir"]) / "metrics.json").read_text())["best_metric"] for run in icl_runs]
+    assert rows["icl"]["metric_per_seed"] == per_seed and rows["icl"]["metric"] == pytest.approx(sum(per_seed) / 2)
     assert rows["icl"]["trainable_parameters"] == 0 and rows["icl"]["backbone_weights_rewritten_per_switch"] == 0
     assert [entry["k"] for entry in rows["icl"]["accuracy_by_k"]] == [0, 2, 4]  # and its own k (4 by default)
     assert rows["icl"]["step_time_vs_full"] is None
     assert (output / "compare-icl.png").stat().st_size > 0
     assert "| icl |" in (output / "compare.md").read_text()
     # the icl run used the causal LM, the linear probe the BERT
-    assert json.loads((output / "icl" / "metrics.json").read_text())["model"] == str(causal_lm_dir.resolve())
+    assert json.loads((Path(icl_runs[0]["run_dir"]) / "metrics.json").read_text())["model"] == str(causal_lm_dir.resolve())

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from peftkit.errors import TrainingError
 from peftkit.training import TrainingConfig, train
 from peftkit.training.checkpoint import TRAINABLE_FILE, find_checkpoint, read_trainer_state
-from peftkit.training.loop import EpochShuffleSampler, _concat_padded, _optimizer_groups
-from tests.training.tiny_run import accuracy, make_dataset, make_model, pad_collate, run
+from peftkit.training.loop import EpochShuffleSampler, _concat_padded, _make_optimizer, _optimizer_groups
+from tests.training.tiny_run import accuracy, make_dataset, make_model, pad_collate, run, tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,6 +161,40 @@ def test_learning_rate_follows_the_schedule(tmp_path):
     rates = [record["learning_rate"] for record in state["history"]["steps"]]
     assert rates[0] == 0.0 and max(rates) == pytest.approx(1e-2) and rates[-1] < rates[3]
     assert metrics["config"]["warmup_ratio"] == 0.25
+
+
+def test_early_stopping_ends_after_patience_epochs_without_improvement_and_keeps_the_best(tmp_path):
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.95])  # epochs 3 and 4 do not beat epoch 2; 0.9 is never reached
+
+    def scripted(logits, labels):
+        return {"accuracy": next(scores)}
+
+    saved_at = []
+    metrics = train(make_model(), make_dataset(), make_dataset(16, seed=1), pad_collate, scripted,
+                    tiny_config(epochs=6, early_stopping_patience=2), tmp_path, primary_metric="accuracy",
+                    save_adapter=lambda directory: saved_at.append(len(saved_at)))
+    assert [epoch["accuracy"] for epoch in metrics["epochs"]] == [0.5, 0.7, 0.6, 0.65]
+    assert metrics["stopped_early"] and metrics["finished"]
+    assert metrics["best_epoch"] == 2 and metrics["best_metric"] == 0.7 and len(saved_at) == 2
+    assert metrics["global_steps"] == 4 * 12  # 48 examples / batch 4 per epoch
+    again = train(make_model(), make_dataset(), make_dataset(16, seed=1), pad_collate, scripted,
+                  tiny_config(epochs=6, early_stopping_patience=2), tmp_path, primary_metric="accuracy", resume=True)
+    assert len(again["epochs"]) == 4  # a resumed early-stopped run is finished, not continued
+
+
+def test_sgd_with_momentum_is_a_training_option(tmp_path):
+    model = make_model()
+    optimizer = _make_optimizer(model, TrainingConfig(learning_rate=0.1, optimizer="sgd", momentum=0.8))
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.8
+    assert isinstance(_make_optimizer(model, TrainingConfig(learning_rate=0.1)), torch.optim.AdamW)
+    before = trainable(model)
+    metrics = run(tmp_path, model=model, epochs=1, optimizer="sgd", learning_rate=0.5)
+    assert metrics["config"]["optimizer"] == "sgd"
+    assert any(not torch.equal(before[name], p) for name, p in trainable(model, clone=False).items())
+    with pytest.raises(TrainingError, match="optimizer must be one of adamw, sgd, not 'adam'"):
+        run(tmp_path, overwrite=True, optimizer="adam")
+    with pytest.raises(TrainingError, match="early_stopping_patience must be at least 1"):
+        run(tmp_path, overwrite=True, early_stopping_patience=0)
 
 
 def test_a_model_without_trainable_parameters_is_refused(tmp_path):
