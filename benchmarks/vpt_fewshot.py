@@ -230,6 +230,9 @@ def main() -> None:
     parser.add_argument("--discussion", type=Path, default=None, help="Markdown file: the 'why' section")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="one grid point, 2 seeds, 20 steps: a smoke run")
+    parser.add_argument("--prompt-lengths", default=None,
+                        help="choose VPT's prompt length on the dev split from these too, e.g. 5,10,50 "
+                             "(writes vpt_fewshot_prompt_length.*)")
     parser.add_argument("--render", type=Path, nargs="+", default=None,
                         help="only write .md/.png (and a merged .json) from these .json files, e.g. one per "
                              "--methods subset run in parallel, into --output")
@@ -265,6 +268,10 @@ def main() -> None:
     _, reported_set = encode_task(task, processor, 0)
     seeds = list(range(args.seeds))
     stem = "vpt_fewshot_quick" if args.quick else "vpt_fewshot"
+    if args.prompt_lengths:  # the paper's other searched choice, as its own report beside the main one
+        for method in ("VPT-Shallow", "VPT-Deep"):
+            METHODS[method][1]["prompt_length"] = [int(p) for p in args.prompt_lengths.split(",")]
+        stem += "_prompt_length"
     args.output.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "vpt_fewshot",
