@@ -336,6 +336,7 @@ def predict_command(
     import torch
 
     from peftkit import data
+    from peftkit.serving.rows import check_text_pair
     from peftkit.training.in_context import is_icl_directory, load_icl_directory
 
     if input is not None or output is not None:
@@ -349,13 +350,15 @@ def predict_command(
         if text is None:
             raise DataError("pass --text \"...\" to classify in context.")
         classifier, info = load_icl_directory(adapter, model)
-        logits = classifier.log_probabilities([text], [text_pair or ""] if classifier.is_pair else None)[0]
         adapted = processor = None
     else:
         adapted, processor, info = load_adapter(adapter, model)
+    # The server's check, in the flags' words: a pair task given one text (or the reverse) answers wrongly.
+    takes_pairs = classifier.is_pair if adapted is None else bool(info.get("is_pair"))
+    check_text_pair(Path(adapter).name, takes_pairs, text_pair is not None, text_field="--text", pair_field="--text-pair")
     kind, label_names = info["kind"], list(info["label_names"])
-    if adapted is None:
-        pass  # in context: the label log-probabilities are already in ``logits``
+    if adapted is None:  # in context: the label log-probabilities
+        logits = classifier.log_probabilities([text], [text_pair] if classifier.is_pair else None)[0]
     elif kind == "image-classification":
         if not image:
             raise DataError("this adapter classifies images; pass --image PATH (a file or a folder; repeat for several).")
