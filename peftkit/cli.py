@@ -462,7 +462,8 @@ def serve_command(
         num_threads: Torch threads for the forward (default: torch's); 1 per replica when several share a machine.
         log_level: uvicorn's: debug, info (one access line per request), warning, error.
     """
-    from peftkit.serving.app import TaskServer, create_app, run_server
+    from peftkit.serving.app import TaskServer, check_port_free, create_app, run_server
+    from peftkit.serving.multi_task import check_task_name
 
     if num_threads is not None:
         import torch
@@ -476,7 +477,8 @@ def serve_command(
             raise PeftkitError(f"--adapter {entry!r} is not NAME=DIR: write e.g. --adapter sentiment=runs/pasta-sst2.")
         if name in adapters:
             raise PeftkitError(f"--adapter names the task {name!r} twice; give each adapter its own name.")
-        adapters[name] = directory
+        adapters[check_task_name(name)] = directory
+    check_port_free(host, port)  # before the model loads: a taken port is found in a second, not after it
     server = TaskServer.from_paths(adapters, model, max_length=max_length)
     app = create_app(server, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue_size=max_queue_size,
                      timeout_seconds=timeout)
