@@ -517,15 +517,16 @@ def check_port_free(host: str, port: int) -> None:
     (another server holds it, or a port below 1024 needs root); uvicorn would only log it and exit."""
     import socket
 
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as error:
-        raise PeftkitError(f"cannot listen on --host {host!r} ({error}): pass an address such as 127.0.0.1 or 0.0.0.0.") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # uvicorn's choice for --host
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
         try:
-            probe.bind(address)
+            probe.bind((host, port))
+        except socket.gaierror as error:
+            raise PeftkitError(f"cannot listen on --host {host!r} ({error.strerror}): pass an address such as 127.0.0.1 "
+                               "or 0.0.0.0.") from None
+        except OverflowError:
+            raise PeftkitError(f"--port {port} is not a port: pass one from 1 to 65535, e.g. --port 8000.") from None
         except OSError as error:
             raise PeftkitError(
                 f"cannot listen on {host}:{port} ({error.strerror}): another program (another peftkit serve?) may be "
