@@ -80,6 +80,16 @@ def get_peft_model(model: nn.Module, config, tokenizer=None):
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The adapter config of ``directory``, or a clear error when it is absent or corrupt."""
     path = Path(directory) / ADAPTER_CONFIG_NAME
+    if not Path(directory).exists():
+        raise AdapterFileError(
+            f"adapter directory {directory} does not exist; check the path, and point at a directory "
+            "written by save_pretrained (or by `peftkit train`)."
+        )
+    if not Path(directory).is_dir():
+        raise AdapterFileError(
+            f"{directory} is a file, not an adapter directory; give the directory that holds it "
+            f"({ADAPTER_CONFIG_NAME} and the weights), as written by save_pretrained or `peftkit train`."
+        )
     if not path.is_file():
         raise AdapterFileError(
             f"{directory} holds no {ADAPTER_CONFIG_NAME}, so it is not an adapter directory; "
