@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from peftkit.errors import AdapterMismatchError, BaseModelError
-from peftkit.loading import load_base_model, read_task_info
+from peftkit.loading import adapter_restores_head, load_base_model, read_task_info
 from peftkit.peft_model import PeftModel, read_adapter_config
 
 
@@ -77,12 +77,16 @@ class _AutoPeftModelBase:
                 the adapter recorded it.
             adapter_name: Name of the adapter in the returned model (PEFT's multi-adapter API).
             is_trainable: Leave the adapter trainable (default: frozen, eval mode).
-            kwargs: Passed to PEFT's loader, for PEFT adapters.
+            kwargs: Keywords for the base model's ``from_pretrained`` (dtype, torch_dtype,
+                device_map, attn_implementation, low_cpu_mem_usage, ...), as in PEFT's
+                ``AutoPeftModel``: a bf16 load gives a bf16 base with float32 adapter tables.
+                transformers raises its own error (TypeError) for keywords it does not know.
 
         Returns a ``peftkit.PeftModel`` for peftkit adapters, PEFT's model for PEFT adapters.
         Raises BaseModelError when the base is not available locally, AdapterMismatchError when
         the adapter is for another task kind than this class loads, AdapterFileError for a
-        directory that is not an adapter.
+        directory that is not an adapter, TypeError for base-model keywords beside a ``base_model``
+        given as a module (it is already loaded).
         """
         adapter_dir = pretrained_model_name_or_path
         record = read_adapter_config(adapter_dir)
@@ -92,6 +96,11 @@ class _AutoPeftModelBase:
         if base_model is None:
             base_path = recorded_base_path(adapter_dir, record)
         elif isinstance(base_model, nn.Module):
+            if kwargs:
+                raise TypeError(
+                    f"{cls.__name__}.from_pretrained got base-model keywords ({', '.join(sorted(kwargs))}) "
+                    "beside a base_model that is already loaded; load that model with them, or pass its path."
+                )
             base_path = None
         else:
             base_path = str(base_model)
@@ -106,12 +115,13 @@ class _AutoPeftModelBase:
         if isinstance(base_model, nn.Module):
             model = base_model
         else:
-            model = load_base_model(base_path, {**task_info, "kind": kind}, model_class=cls._model_class(record, kind))
+            model = load_base_model(base_path, {**task_info, "kind": kind}, model_class=cls._model_class(record, kind),
+                                    head_restored=adapter_restores_head(record), **kwargs)
         if is_peftkit:
             return PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable, adapter_name=adapter_name)
         import peft
 
-        return peft.PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable, **kwargs)
+        return peft.PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable)
 
     @classmethod
     def _check_kind(cls, adapter_dir, record: dict[str, Any], task_info: dict[str, Any]) -> str | None:

@@ -336,6 +336,7 @@ def predict_command(
     import torch
 
     from peftkit import data
+    from peftkit.serving.rows import check_text_pair
     from peftkit.training.in_context import is_icl_directory, load_icl_directory
 
     if input is not None or output is not None:
@@ -349,13 +350,15 @@ def predict_command(
         if text is None:
             raise DataError("pass --text \"...\" to classify in context.")
         classifier, info = load_icl_directory(adapter, model)
-        logits = classifier.log_probabilities([text], [text_pair or ""] if classifier.is_pair else None)[0]
         adapted = processor = None
     else:
         adapted, processor, info = load_adapter(adapter, model)
+    # The server's check, in the flags' words: a pair task given one text (or the reverse) answers wrongly.
+    takes_pairs = classifier.is_pair if adapted is None else bool(info.get("is_pair"))
+    check_text_pair(Path(adapter).name, takes_pairs, text_pair is not None, text_field="--text", pair_field="--text-pair")
     kind, label_names = info["kind"], list(info["label_names"])
-    if adapted is None:
-        pass  # in context: the label log-probabilities are already in ``logits``
+    if adapted is None:  # in context: the label log-probabilities
+        logits = classifier.log_probabilities([text], [text_pair] if classifier.is_pair else None)[0]
     elif kind == "image-classification":
         if not image:
             raise DataError("this adapter classifies images; pass --image PATH (a file or a folder; repeat for several).")
@@ -459,7 +462,8 @@ def serve_command(
         num_threads: Torch threads for the forward (default: torch's); 1 per replica when several share a machine.
         log_level: uvicorn's: debug, info (one access line per request), warning, error.
     """
-    from peftkit.serving.app import TaskServer, create_app, run_server
+    from peftkit.serving.app import TaskServer, check_port_free, create_app, run_server
+    from peftkit.serving.multi_task import check_task_name
 
     if num_threads is not None:
         import torch
@@ -473,7 +477,8 @@ def serve_command(
             raise PeftkitError(f"--adapter {entry!r} is not NAME=DIR: write e.g. --adapter sentiment=runs/pasta-sst2.")
         if name in adapters:
             raise PeftkitError(f"--adapter names the task {name!r} twice; give each adapter its own name.")
-        adapters[name] = directory
+        adapters[check_task_name(name)] = directory
+    check_port_free(host, port)  # before the model loads: a taken port is found in a second, not after it
     server = TaskServer.from_paths(adapters, model, max_length=max_length)
     app = create_app(server, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue_size=max_queue_size,
                      timeout_seconds=timeout)

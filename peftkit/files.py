@@ -16,16 +16,19 @@ from peftkit.errors import TrainingError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``."""
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the saved file gets the usual mode
     try:
         write(tmp)
+        # Set after write, not before: mkstemp makes 0600, and a writer may replace tmp with its
+        # own file (safetensors' save_file writes a temporary file of its own and renames it over
+        # tmp, so a mode set on mkstemp's file is lost).
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -33,6 +36,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; it is set straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

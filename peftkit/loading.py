@@ -11,6 +11,7 @@ The CLI, the server and the analysis tools all load through here; nothing is dow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ def resolve_model_path(model: str | None, kind: str | None = None) -> str:
         return default_model_path()
     path = Path(model).expanduser()
     if path.is_dir():
+        refuse_adapter_directory(path)
         return str(path.resolve())
     from transformers import AutoConfig
 
@@ -65,6 +67,26 @@ def resolve_model_path(model: str | None, kind: str | None = None) -> str:
             "by save_pretrained (with config.json and the weights)."
         ) from None
     return model
+
+
+def refuse_adapter_directory(path: Path) -> None:
+    """Refuse an adapter directory (adapter_config.json, no config.json) given where a model belongs.
+
+    Raises:
+        PeftkitError: naming the base model the adapter records and the commands that take an adapter.
+    """
+    if not (path / "adapter_config.json").is_file() or (path / "config.json").is_file():
+        return
+    try:
+        recorded = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    records = f" (it records {recorded})" if recorded else ""
+    raise PeftkitError(
+        f"{path} is an adapter directory, not a model: it holds adapter_config.json and no config.json. "
+        f"Pass its base model as --model{records}, or use `peftkit eval {path}` / `peftkit predict {path}` "
+        "on it (in Python: peftkit.AutoPeftModel.from_pretrained)."
+    )
 
 
 def load_processor(model_path: str, kind: str, model_config=None):
@@ -131,13 +153,19 @@ def check_model_kind(model_path: str, kind: str, model_config=None, task_name: s
     )
 
 
-def load_base_model(model_path: str, task_info: dict[str, Any], model_class=None):
+def load_base_model(model_path: str, task_info: dict[str, Any], model_class=None, *, head_restored: bool = False,
+                    **model_kwargs: Any):
     """The backbone with a fresh head sized for the task's labels (the adapter restores it).
 
     ``model_class`` defaults to the task kind's Auto class. A checkpoint that already has a head
     of another size (a classifier fine-tuned on 2 labels, for a task with 3) gets a new head for
     the task's labels, with a logged notice; a checkpoint whose *backbone* does not fit is refused.
     Without label names in ``task_info`` the head keeps the checkpoint's size.
+    ``head_restored``: an adapter loaded right after brings its own head, so neither transformers'
+    load report ("classifier.weight | MISSING ... newly initialized") nor the new-head notice is
+    shown; weights missing *outside* the head are still reported. ``model_kwargs`` (dtype,
+    device_map, attn_implementation, low_cpu_mem_usage, ...) go to the class's ``from_pretrained``,
+    as in PEFT's ``AutoPeftModel``; transformers rejects the ones it does not know (TypeError).
 
     Raises:
         ModelKindError: a text model for an image task or a vision model for a text task.
@@ -146,6 +174,8 @@ def load_base_model(model_path: str, task_info: dict[str, Any], model_class=None
     from peftkit import data
     from peftkit.models import head_module_names
 
+    if Path(model_path).is_dir():
+        refuse_adapter_directory(Path(model_path))
     check_model_kind(model_path, task_info["kind"], task_name=task_info.get("name"))
     model_class = model_class or data.auto_model_class(task_info["kind"])
     label_names = list(task_info.get("label_names") or [])
@@ -160,11 +190,17 @@ def load_base_model(model_path: str, task_info: dict[str, Any], model_class=None
     try:
         # ignore_mismatched_sizes: a head of another size is re-initialised instead of raising;
         # what was re-initialised is checked below.
-        model, loading_info = model_class.from_pretrained(
-            model_path, ignore_mismatched_sizes=True, output_loading_info=True, **labels
-        )
+        with _load_report_silenced(head_restored):
+            model, loading_info = model_class.from_pretrained(
+                model_path, ignore_mismatched_sizes=True, output_loading_info=True, **labels, **model_kwargs
+            )
     except (OSError, ValueError) as error:
         raise PeftkitError(f"cannot load the model in {model_path} for {what} ({error}).") from None
+    if head_restored:
+        heads = set(head_module_names(model))
+        missing = [key for key in loading_info.get("missing_keys") or [] if key.split(".")[0] not in heads]
+        if missing:  # the silenced report would have shown these, and no adapter restores them
+            logger.warning("%s lacks weights outside the task head, newly initialised: %s", model_path, ", ".join(sorted(missing)[:8]))
     mismatched = sorted(loading_info.get("mismatched_keys") or [], key=lambda item: item[0])
     if mismatched:
         heads = set(head_module_names(model))
@@ -176,13 +212,39 @@ def load_base_model(model_path: str, task_info: dict[str, Any], model_class=None
                 "config.json belongs to another model; save the model again with save_pretrained."
             )
         checkpoint_labels = next((tuple(old)[0] for key, old, _ in mismatched if key.endswith("bias")), None)
-        logger.warning(
+        # Restored: the adapter's own head replaces this one right away, so there is nothing to warn of.
+        (logger.debug if head_restored else logger.warning)(
             "%s holds a task head for %s labels but the task has %d (%s): replaced it with a new head "
             "for the task's labels (%s re-initialised); the rest of the model is loaded as saved.",
             model_path, checkpoint_labels if checkpoint_labels is not None else "another number of",
             len(label_names), ", ".join(map(str, label_names[:8])), ", ".join(key for key, _, _ in mismatched),
         )
     return model
+
+
+@contextlib.contextmanager
+def _load_report_silenced(silenced: bool):
+    """Drop transformers' state-dict load report (only it) from ``from_pretrained`` inside the block."""
+    if not silenced:
+        yield
+        return
+    import transformers.modeling_utils
+
+    def not_the_report(record: logging.LogRecord) -> bool:
+        return record.funcName != "log_state_dict_report"
+
+    report_logger = transformers.modeling_utils.logger
+    report_logger.addFilter(not_the_report)
+    try:
+        yield
+    finally:
+        report_logger.removeFilter(not_the_report)
+
+
+def adapter_restores_head(record: dict[str, Any]) -> bool:
+    """Whether loading the adapter of this adapter_config.json brings its own task head: always for
+    peftkit's (the head is saved with it), for PEFT's when ``modules_to_save`` names modules."""
+    return "peftkit_method" in record or bool(record.get("modules_to_save"))
 
 
 def text_processor(processor, kind: str):
@@ -236,8 +298,10 @@ def load_adapter(adapter_dir: str | os.PathLike, model: str | None = None, task_
         raise AdapterFileError(
             f"{adapter_dir} records no task (labels, kind); pass --task so its labels size the head."
         )
+    from peftkit.peft_model import read_adapter_config
+
     model_path = resolve_model_path(model or base_model_of(adapter_dir))
-    base = load_base_model(model_path, task_info)
+    base = load_base_model(model_path, task_info, head_restored=adapter_restores_head(read_adapter_config(adapter_dir)))
     processor = load_processor(model_path, task_info["kind"], base.config)
     adapted = peftkit.PeftModel.from_pretrained(base, adapter_dir, tokenizer=text_processor(processor, task_info["kind"]))
     return adapted.eval(), processor, task_info

@@ -80,6 +80,16 @@ def get_peft_model(model: nn.Module, config, tokenizer=None):
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The adapter config of ``directory``, or a clear error when it is absent or corrupt."""
     path = Path(directory) / ADAPTER_CONFIG_NAME
+    if not Path(directory).exists():
+        raise AdapterFileError(
+            f"adapter directory {directory} does not exist; check the path, and point at a directory "
+            "written by save_pretrained (or by `peftkit train`)."
+        )
+    if not Path(directory).is_dir():
+        raise AdapterFileError(
+            f"{directory} is a file, not an adapter directory; give the directory that holds it "
+            f"({ADAPTER_CONFIG_NAME} and the weights), as written by save_pretrained or `peftkit train`."
+        )
     if not path.is_file():
         raise AdapterFileError(
             f"{directory} holds no {ADAPTER_CONFIG_NAME}, so it is not an adapter directory; "
@@ -487,6 +497,7 @@ class PeftModel(peft.PeftModel):
             return peft.PeftModel.from_pretrained(model, str(model_id), adapter_name=adapter_name, is_trainable=is_trainable, **kwargs)
         config = adapter_method_config(record, str(Path(model_id) / ADAPTER_CONFIG_NAME))
         refuse_adapted_model(model)  # before the identity check, which an adapted model may fail confusingly
+        _check_task_model_class(record, model, str(model_id))
         check_backbone_identity(record.get("base_model_identity", {}), model, where=str(model_id))
         wrapped = cls(model, config, tokenizer=tokenizer, adapter_name=adapter_name)
         wrapped.task_info = record.get("task", {})
@@ -559,6 +570,7 @@ class PeftModel(peft.PeftModel):
                 "peftkit adapters only. Load it onto a fresh base model with "
                 "peftkit.PeftModel.from_pretrained(base, directory)."
             )
+        _check_task_model_class(record, self.base_model, where)
         self._check_same_backbone(record.get("base_model_identity", {}), where)
         recorded_class = record.get("task_model_class")
         if recorded_class and recorded_class != type(self.base_model).__name__:
@@ -755,6 +767,29 @@ TASK_KINDS_BY_CLASS_SUFFIX = {
     "ForTokenClassification": "token-classification",
     "ForImageClassification": "image-classification",
 }
+
+
+def _task_suffix(class_name: str) -> str | None:
+    """"ForTokenClassification" of "BertForTokenClassification": the task a model class heads (None: unknown)."""
+    return next((suffix for suffix in TASK_KINDS_BY_CLASS_SUFFIX if class_name.endswith(suffix)), None)
+
+
+def _check_task_model_class(record: dict[str, Any], model: nn.Module, where: str) -> None:
+    """Refuse an adapter trained for another task (a token-classification adapter on a sequence
+    classifier), naming both classes and the loader that fits. Checked before the backbone
+    identity: a head of another kind also changes num_parameters, and "another backbone" would
+    send the user after the wrong fault. (Another family with the same task, ELECTRA for BERT,
+    is the backbone check's to report.)"""
+    recorded_class = record.get("task_model_class")
+    recorded_task, model_task = _task_suffix(recorded_class or ""), _task_suffix(type(model).__name__)
+    if recorded_task is None or model_task is None or recorded_task == model_task:
+        return
+    recorded_kind = (record.get("task") or {}).get("kind") or TASK_KINDS_BY_CLASS_SUFFIX[recorded_task]
+    raise AdapterMismatchError(
+        f"{where} is a {recorded_kind} adapter, trained on a {recorded_class}, but this model is a "
+        f"{type(model).__name__}; its head cannot be swapped in. Load it with peftkit.AutoPeftModel"
+        f"{recorded_task}.from_pretrained({where!r}), or onto a {recorded_class} of the same checkpoint."
+    )
 
 
 def _task_from_labels(task_model_class: str, labels: dict[str, Any] | None) -> dict[str, Any]:

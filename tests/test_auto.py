@@ -169,3 +169,59 @@ def test_an_adapter_saved_by_trainer_records_its_labels(model_dir, tmp_path):
     record = json.loads((tmp_path / "adapter_config.json").read_text())
     assert record["task"] == {"kind": "text-classification", "label_names": SENTIMENT}
     assert peftkit.AutoPeftModelForSequenceClassification.from_pretrained(tmp_path).config.id2label[0] == "negative"
+
+
+def test_base_model_keywords_reach_the_base_and_unknown_ones_raise(model_dir, tmp_path):
+    adapter = save_text_adapter(model_dir, tmp_path / "adapter")
+    for keywords in ({"dtype": torch.bfloat16}, {"torch_dtype": torch.bfloat16}):
+        model = peftkit.AutoPeftModelForSequenceClassification.from_pretrained(adapter, **keywords)
+        assert model.base_model.bert.embeddings.word_embeddings.weight.dtype == torch.bfloat16
+        tables = list(model.adapter.parameters())
+        assert tables and all(table.dtype == torch.float32 for table in tables)  # adapter tables stay fp32
+    eager = peftkit.AutoPeftModel.from_pretrained(adapter, attn_implementation="eager")
+    assert eager.base_model.config._attn_implementation == "eager"
+    with pytest.raises(TypeError, match="bogus_kwarg"):
+        peftkit.AutoPeftModelForSequenceClassification.from_pretrained(adapter, bogus_kwarg=1)
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3)
+    with pytest.raises(TypeError, match="already loaded"):
+        peftkit.AutoPeftModel.from_pretrained(adapter, base_model=base, dtype=torch.bfloat16)
+
+
+def test_a_token_classification_adapter_on_a_sequence_classifier_names_its_class(model_dir, tmp_path):
+    ner = save_text_adapter(model_dir, tmp_path / "ner", token_classification=True)
+    model = peftkit.AutoPeftModelForSequenceClassification.from_pretrained(save_text_adapter(model_dir, tmp_path / "sentiment"))
+    expected = "token-classification adapter, trained on a BertForTokenClassification.*AutoPeftModelForTokenClassification"
+    with pytest.raises(AdapterMismatchError, match=expected) as caught:
+        model.load_adapter(ner, adapter_name="ner")
+    assert "another backbone" not in str(caught.value)
+    with pytest.raises(AdapterMismatchError, match=expected):
+        peftkit.PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=5), ner)
+
+
+@pytest.fixture
+def transformers_log():
+    """What transformers logs (its own logger does not propagate to the root, so caplog misses it)."""
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_warning()  # the CLI, run by other tests in this process, turns it down
+    logging.getLogger("transformers").addHandler(handler)
+    yield records
+    logging.getLogger("transformers").removeHandler(handler)
+    transformers_logging.set_verbosity(verbosity)
+
+
+def test_loading_an_adapter_does_not_report_the_head_it_restores(model_dir, tmp_path, transformers_log):
+    adapter = save_text_adapter(model_dir, tmp_path / "adapter")
+    transformers_log.clear()
+    AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3)
+    assert "classifier.weight" in "".join(transformers_log)  # transformers reports the new head of a bare base...
+    transformers_log.clear()
+    peftkit.AutoPeftModelForSequenceClassification.from_pretrained(adapter)
+    peftkit.AutoPeftModel.from_pretrained(adapter)
+    assert "classifier" not in "".join(transformers_log)  # ...but not when the adapter restores it right after

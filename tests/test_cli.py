@@ -386,3 +386,35 @@ def test_eval_and_predict_an_adapter_saved_by_trainer(model_dir, sentiment_dir, 
     assert main(["eval", str(tmp_path / "adapter"), "--task", str(sentiment_dir)]) == 0
     evaluated = json.loads((tmp_path / "adapter" / EVAL_METRICS_FILE).read_text())
     assert evaluated["num_examples"] == 12 and 0.0 <= evaluated["accuracy"] <= 1.0
+
+
+def test_an_adapter_directory_as_model_names_its_base(model_dir, sentiment_dir, tmp_path, capsys):
+    adapter = tmp_path / "sent"
+    assert main(train_args(model_dir, sentiment_dir, adapter, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert main(train_args(adapter, sentiment_dir, tmp_path / "again")) == 2
+    err = capsys.readouterr().err
+    assert "is an adapter directory" in err and f"it records {model_dir}" in err and "peftkit eval" in err
+    assert "Traceback" not in err and "KeyError" not in err
+
+
+def test_eval_and_predict_of_an_adapter_from_a_checkpoint_with_another_head_warn_nothing(model_dir, tmp_path, caplog):
+    """train replaces a 2-label head for a 3-label task and says so; eval/predict restore the adapter's head silently.
+    (The CLI turns transformers' own reports down to errors; tests/test_auto.py covers them for AutoPeftModel.)"""
+    import logging
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    checkpoint = tmp_path / "two-label"
+    AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).save_pretrained(checkpoint)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(checkpoint)
+    data = tmp_path / "three.csv"
+    rows = [f"{t},pos" for t in POSITIVE] + [f"{t},neg" for t in NEGATIVE] + [f"{t} plot,meh" for t in POSITIVE]
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="peftkit.loading"):
+        assert main(train_args(checkpoint, data, tmp_path / "run")) == 0
+        assert "holds a task head for 2 labels but the task has 3" in caplog.text
+        caplog.clear()
+        assert main(["eval", str(tmp_path / "run")]) == 0
+        assert predict_command(str(tmp_path / "run"), text="the movie was great")
+    assert "task head" not in caplog.text and "re-initialised" not in caplog.text

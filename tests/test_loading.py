@@ -10,7 +10,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, ViTConfig
 
 from peftkit.errors import ModelKindError, PeftkitError
-from peftkit.loading import check_model_kind, load_base_model, model_kind
+from peftkit.loading import check_model_kind, load_base_model, model_kind, resolve_model_path
 from tests.tiny_models import save_tiny_bert_checkpoint, save_tiny_vit_checkpoint
 
 DIGITS = {"kind": "image-classification", "name": "digits", "label_names": [str(d) for d in range(10)]}
@@ -94,5 +94,13 @@ def test_a_backbone_that_does_not_fit_its_config_is_refused(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["intermediate_size"] = 48  # config.json of another model beside these weights
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(PeftkitError, match="intermediate.*differ in shape.*config.json belongs to another model"):
-        load_base_model(str(tmp_path), TASK)
+    for head_restored in (False, True):  # an adapter restores the head, never the backbone
+        with pytest.raises(PeftkitError, match="intermediate.*differ in shape.*config.json belongs to another model"):
+            load_base_model(str(tmp_path), TASK, head_restored=head_restored)
+
+
+def test_an_adapter_directory_given_as_the_model_is_refused_naming_its_base(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/bert", "peftkit_method": "PASTA"}))
+    for load in (lambda: resolve_model_path(str(tmp_path)), lambda: load_base_model(str(tmp_path), TASK)):
+        with pytest.raises(PeftkitError, match=r"is an adapter directory.*it records /models/bert.*peftkit eval"):
+            load()

@@ -73,8 +73,13 @@ def test_head_with_other_label_count_is_refused_with_the_fix(tmp_path):
 
 
 def test_missing_directory_or_config(tmp_path):
-    with pytest.raises(AdapterFileError, match="not an adapter directory"):
+    with pytest.raises(AdapterFileError, match="nowhere does not exist"):
         peftkit.PeftModel.from_pretrained(make_tiny_model("bert"), tmp_path / "nowhere")
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(AdapterFileError, match="weights.bin is a file, not an adapter directory"):
+        peftkit.PeftModel.from_pretrained(make_tiny_model("bert"), tmp_path / "weights.bin")
+    with pytest.raises(AdapterFileError, match="holds no adapter_config.json"):
+        peftkit.PeftModel.from_pretrained(make_tiny_model("bert"), tmp_path)
 
 
 def test_corrupt_config(tmp_path):

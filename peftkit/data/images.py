@@ -32,6 +32,7 @@ from peftkit.data.tasks import (
     check_not_empty,
     columns_of,
     is_saved_dataset,
+    local_task_name,
     read_saved_splits,
     register_builtin_task,
     register_task_kind,
@@ -162,7 +163,7 @@ def load_local_image_task(path: Path, config: TaskConfig) -> Task:
         held_out = "its own validation split"
     return Task(
         kind=IMAGE_CLASSIFICATION,
-        name=path.name,
+        name=local_task_name(path),
         train=train,
         validation=validation,
         label_names=names,

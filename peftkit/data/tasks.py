@@ -337,12 +337,21 @@ def load_local_splits(path: Path, config: "TaskConfig", read_file: Callable[[Pat
         train_where, validation_where = f"the train split of {path}", f"the validation split of {path}"
     else:
         train_where, validation_where = str(files[0]), str(files[-1])
-    name = path.parent.name if path.is_file() and path.stem in ("train", "data") else path.stem
     return build_task(
-        name, train, validation, config,
+        local_task_name(path), train, validation, config,
         description=f"local data at {path.resolve()} (license: whatever its owner grants)",
         train_where=train_where, validation_where=validation_where,
     )
+
+
+def local_task_name(path: Path) -> str:
+    """The name of local data (run directories, metrics, messages): a file's stem, a directory's name.
+
+    Taken from the resolved path, so ``data.csv`` at train time and the absolute path that eval
+    reads back from the adapter give the same name; never empty ("/" gives "data").
+    """
+    resolved = path.expanduser().resolve()
+    return (resolved.stem if resolved.is_file() else resolved.name) or "data"
 
 
 def read_splits(path: Path, read_file: Callable[[Path], Dataset]) -> tuple[Dataset, Dataset | None, list[Path]]:

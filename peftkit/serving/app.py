@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from peftkit.errors import PeftkitError, RequestError
 from peftkit.serving.batching import BatchingQueue
-from peftkit.serving.multi_task import MultiTaskModel, load_task_adapter
+from peftkit.serving.multi_task import MultiTaskModel, check_task_name, load_task_adapter
 from peftkit.serving.rows import (
     SERVED_KINDS,
     TOKEN_CLASSIFICATION,
@@ -195,12 +195,7 @@ class TaskServer:
         """Read one adapter and describe it; touches nothing served."""
         from peftkit.loading import read_task_info
 
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise RequestError(
-                f"adapter directory {directory} does not exist on the server; give the path of a directory "
-                "written by save_pretrained or `peftkit train`.", status=400, code="bad_adapter",
-            )
+        directory = Path(directory)  # a missing path or a file is named by read_adapter_config, the shared check
         task = load_task_adapter(self.backbone, name, directory, self.tokenizer, self.task_model_classes.get(name))
         info = read_task_info(directory)
         kind = info.get("kind") or (
@@ -352,6 +347,10 @@ async def predict(body: PredictRequest, request: Request) -> PredictResponse:
 async def load_adapter(body: AdapterRequest, request: Request) -> TaskInfo:
     state = _state(request)
     try:
+        check_task_name(body.name)  # before queueing: a name like "a/b" could never be DELETEd
+    except PeftkitError as error:
+        raise RequestError(str(error), status=422, code="invalid_task_name") from None
+    try:
         spec = await state.queue.run_exclusive(lambda: state.server.add_task(body.name, body.path))
     except RequestError:
         raise
@@ -377,18 +376,23 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def _validation_message(error: RequestValidationError) -> tuple[int, str, str]:
+# What a good body looks like, per route, for the messages about bad ones.
+BODY_EXAMPLES = {
+    "/predict": '{"task": "NAME", "text": "..."} or {"task": "NAME", "inputs": [{"text": "..."}]}',
+    "/adapters": '{"name": "NAME", "path": "/path/to/adapter-directory"}',
+}
+
+
+def _validation_message(error: RequestValidationError, path: str) -> tuple[int, str, str]:
+    example = BODY_EXAMPLES.get(path, BODY_EXAMPLES["/predict"])
     problems = error.errors()
     if any(problem.get("type") == "json_invalid" for problem in problems):
-        return 400, "invalid_json", "the body is not valid JSON: send a JSON object such as {\"task\": \"NAME\", \"text\": \"...\"}."
+        return 400, "invalid_json", f"the body is not valid JSON: send a JSON object such as {example}."
     parts = []
     for problem in problems[:5]:
         where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body") or "body"
         parts.append(f"{where}: {problem.get('msg')}")
-    return 422, "invalid_request", (
-        "; ".join(parts) + ". Send JSON like {\"task\": \"NAME\", \"text\": \"...\"} or {\"task\": \"NAME\", \"inputs\": "
-        "[{\"text\": \"...\"}]}; /docs shows the schema."
-    )
+    return 422, "invalid_request", "; ".join(parts) + f". Send JSON like {example}; /docs shows the schema."
 
 
 @dataclasses.dataclass
@@ -425,9 +429,10 @@ def create_app(server: TaskServer, *, max_batch_size: int = 32, max_wait_ms: flo
             await queue.stop()
 
     app = FastAPI(title="peftkit serve", description="Many task adapters on one frozen backbone, batched across tasks.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # FastAPI's own pages load from a CDN
     app.state.peftkit = _AppState(server, queue, server_metrics, timeout_seconds)
     app.include_router(router)
+    _serve_docs_locally(app)
 
     @app.middleware("http")
     async def count(request: Request, call_next):
@@ -451,7 +456,7 @@ def create_app(server: TaskServer, *, max_batch_size: int = 32, max_wait_ms: flo
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
-        status, code, message = _validation_message(error)
+        status, code, message = _validation_message(error, request.url.path)
         server_metrics.errors.labels(code).inc()
         return _error(status, code, message)
 
@@ -471,6 +476,62 @@ def create_app(server: TaskServer, *, max_batch_size: int = 32, max_wait_ms: flo
                       "the server log has the details. Please report it.")
 
     return app
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _serve_docs_locally(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their JavaScript, CSS and icon served by this server, so
+    they work on a machine without internet: FastAPI's "self-hosting JavaScript and CSS for docs"
+    recipe, with the files the fastapi-offline package ships (Swagger UI 5, which reads the
+    OpenAPI 3.1 schema FastAPI writes)."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+    title = f"{app.title} API"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=title, oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_ui_redirect() -> Response:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(openapi_url=app.openapi_url, title=title, redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """PeftkitError naming the port and ``--port`` when ``host:port`` cannot be listened on
+    (another server holds it, or a port below 1024 needs root); uvicorn would only log it and exit."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # uvicorn's choice for --host
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except socket.gaierror as error:
+            raise PeftkitError(f"cannot listen on --host {host!r} ({error.strerror}): pass an address such as 127.0.0.1 "
+                               "or 0.0.0.0.") from None
+        except OverflowError:
+            raise PeftkitError(f"--port {port} is not a port: pass one from 1 to 65535, e.g. --port 8000.") from None
+        except OSError as error:
+            raise PeftkitError(
+                f"cannot listen on {host}:{port} ({error.strerror}): another program (another peftkit serve?) may be "
+                f"using port {port}; stop it, or pass --port with a free port (e.g. --port {port + 1 if port < 65535 else 8000})."
+            ) from None
 
 
 def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:

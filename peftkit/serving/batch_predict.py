@@ -87,7 +87,7 @@ def predict_file(
 
     from peftkit.files import atomic_write
     from peftkit.loading import load_adapter
-    from peftkit.serving.rows import SERVED_KINDS, TaskSpec, answer_row, encode_row, model_max_length, pad_rows
+    from peftkit.serving.rows import SERVED_KINDS, TaskSpec, answer_row, check_text_pair, encode_row, model_max_length, pad_rows
     from peftkit.training.distributed import process_state
 
     if batch_size < 1:
@@ -102,6 +102,11 @@ def predict_file(
     if info["kind"] not in SERVED_KINDS:
         raise DataError(f"batch prediction reads texts; {adapter} is a {info['kind']} adapter. Use --image for one image.")
     spec = TaskSpec(Path(adapter).name, info["kind"], tuple(info["label_names"]), bool(info.get("is_pair")), "", 0)
+    try:  # the whole file at once, naming the flag, before any row is read
+        check_text_pair(spec.name, spec.takes_pairs, text_pair_column is not None,
+                        text_field="--text-column", pair_field="--text-pair-column")
+    except RequestError as error:
+        raise DataError(str(error)) from None
     device = state.device  # this process's device under accelerate launch (its GPU, or the CPU)
     adapted.to(device)
     max_length = model_max_length(tokenizer, adapted.config)

@@ -25,6 +25,7 @@ import contextlib
 import copy
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,6 +50,24 @@ PEFT_TASK_TYPES = {
     "TOKEN_CLS": transformers.AutoModelForTokenClassification,
 }
 LORA_BASE = "__base__"  # PEFT's adapter name for "no LoRA on this row"
+# A task name becomes a URL path segment (DELETE /adapters/NAME), a PEFT adapter name and a
+# ModuleDict key, so it may hold no "/", ".", space or "%"; a leading letter or digit also keeps
+# it apart from LORA_BASE.
+TASK_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_task_name(name: Any) -> str:
+    """``name`` if it is a usable task name (TASK_NAME_PATTERN), else PeftkitError naming the rule
+    and a name that follows it. The one check behind ``--adapter NAME=DIR``, ``POST /adapters``
+    and MultiTaskModel."""
+    if isinstance(name, str) and TASK_NAME_PATTERN.fullmatch(name):
+        return name
+    suggestion = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")[:64] if isinstance(name, str) else ""
+    raise PeftkitError(
+        f"task name {name!r} is not usable: a task name is 1 to 64 letters, digits, '_' or '-', starting with a "
+        "letter or digit (it is part of URLs such as /adapters/NAME); "
+        + (f"rename it, e.g. {suggestion!r}." if suggestion else "rename it, e.g. 'sentiment'.")
+    )
 
 
 @dataclasses.dataclass
@@ -277,8 +296,7 @@ def load_task_adapter(
 
     Raises PeftkitError for a bad task name, AdapterFileError for a directory that is not an
     adapter, AdapterMismatchError for one made for another backbone, task class or method."""
-    if not isinstance(name, str) or not name or "." in name or name == LORA_BASE:
-        raise PeftkitError(f"task name {name!r} is not usable: give a non-empty name without dots.")
+    check_task_name(name)
     record = read_adapter_config(directory)
     classes = {name: task_model_class} if task_model_class is not None else {}
     model_class = _task_model_class_of(name, record, classes, str(directory))

@@ -65,6 +65,24 @@ def model_max_length(tokenizer, model_config) -> int:
     return min(limits) if limits else 512
 
 
+def check_text_pair(task: str, takes_pairs: bool, has_pair: bool, *, text_field: str = '"text"',
+                    pair_field: str = '"text_pair"') -> None:
+    """RequestError (422, missing_text_pair / unexpected_text_pair) unless a pair comes exactly when the
+    task was trained on pairs: a model fed one text where it learnt two (or the reverse) answers
+    without complaint, and wrongly. The fields are named as the caller's user writes them
+    (JSON keys for the server, ``--text-pair`` for ``peftkit predict``)."""
+    if has_pair and not takes_pairs:
+        raise RequestError(
+            f"task {task!r} classifies single texts, but a text_pair was given: drop {pair_field} and send only "
+            f"{text_field} (pairs go to tasks trained on pairs).", code="unexpected_text_pair",
+        )
+    if takes_pairs and not has_pair:
+        raise RequestError(
+            f"task {task!r} classifies pairs of texts, but no text_pair was given: add {pair_field} beside {text_field}.",
+            code="missing_text_pair",
+        )
+
+
 def encode_row(
     tokenizer, spec: TaskSpec, text: Any, text_pair: Any = None, *, max_length: int, truncate: bool = False
 ) -> EncodedRow:
@@ -82,15 +100,7 @@ def encode_row(
             )
         if not value.strip():
             raise RequestError(f"{field} is empty: send the text to classify (at least one non-space character).", code="empty_text")
-    if text_pair is not None and not spec.takes_pairs:
-        raise RequestError(
-            f"task {spec.name!r} classifies single texts, but the row has a text_pair: send only \"text\" "
-            "(pairs go to tasks trained on pairs).", code="unexpected_text_pair",
-        )
-    if text_pair is None and spec.takes_pairs:
-        raise RequestError(
-            f"task {spec.name!r} classifies pairs of texts: send \"text_pair\" beside \"text\".", code="missing_text_pair"
-        )
+    check_text_pair(spec.name, spec.takes_pairs, text_pair is not None)
 
     if spec.kind == TOKEN_CLASSIFICATION:
         matches = list(re.finditer(r"\S+", text))

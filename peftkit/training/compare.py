@@ -398,7 +398,7 @@ def compare_command(
         icl_shots: Numbers of demonstrations at which icl is measured and plotted.
     """
     from peftkit import recipes
-    from peftkit.data.tasks import kind_of_task
+    from peftkit.data.tasks import BUILTIN_TASKS, kind_of_task, local_task_name
     from peftkit.loading import check_model_kind, resolve_model_path
 
     kind = kind_of_task(task)
@@ -434,7 +434,7 @@ def compare_command(
             continue
         budget = epochs if epochs is not None else recipes.recipe(name)["epochs"]
         method_epochs[name] = ["--epochs", str(min(budget, 2) if quick else budget)]
-    slug = Path(task).name if os.path.sep in task else task
+    slug = task if task in BUILTIN_TASKS else local_task_name(Path(task))  # the name `peftkit train` gives it
     return compare(
         names, train_args, output or Path("runs") / f"compare-{slug}", overwrite=overwrite,
         seeds=list(range(seed, seed + seeds)),

@@ -133,3 +133,23 @@ def test_dev_split_comes_from_training_rows_only_and_keeps_duplicates_together(t
     assert again.train["text"] == fit.train["text"]  # seeded
     with pytest.raises(DataError, match="--dev-fraction must be between 0 and 1"):
         carve_dev_split(task, 1.0, seed=0)
+
+
+@pytest.mark.parametrize("file_name", ["data.csv", "train.csv", "reviews.csv"])
+def test_a_local_file_is_named_by_its_stem_however_the_path_is_written(tmp_path, monkeypatch, file_name):
+    """``--task data.csv`` at train time and the absolute path eval reads back name the same task."""
+    (tmp_path / "work").mkdir()
+    write(tmp_path / "work" / file_name, table(5))
+    monkeypatch.chdir(tmp_path / "work")
+    relative = load_task(TaskConfig(task=file_name))
+    monkeypatch.chdir(tmp_path)  # eval runs elsewhere, from the absolute source the adapter records
+    absolute = load_task(TaskConfig.from_info(relative.to_info()))
+    assert relative.name == absolute.name == file_name.removesuffix(".csv")
+
+
+def test_a_local_directory_is_named_by_its_name_even_as_dot(tmp_path, monkeypatch):
+    data_dir = tmp_path / "sentiment"
+    data_dir.mkdir()
+    write(data_dir / "train.csv", table(5))
+    monkeypatch.chdir(data_dir)
+    assert load_task(TaskConfig(task=".")).name == load_task(TaskConfig(task=str(data_dir))).name == "sentiment"

@@ -188,25 +188,53 @@ def test_a_failing_adapter_load_leaves_the_served_set_unchanged(live, references
     corrupt = tmp_path / "corrupt"
     shutil.copytree(adapter_dirs["lora_ner"], corrupt)
     (corrupt / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    weights_file = adapter_dirs["sentiment"] / "adapter_model.safetensors"
+    rule = "1 to 64 letters, digits, '_' or '-'"
     cases = [
-        ({"name": "x", "path": str(tmp_path / "missing")}, 400, "does not exist"),
-        ({"name": "x", "path": str(not_an_adapter)}, 400, "not an adapter directory"),
+        ({"name": "x", "path": str(tmp_path / "missing")}, 400, "missing does not exist"),
+        ({"name": "x", "path": str(weights_file)}, 400, "is a file, not an adapter directory"),
+        ({"name": "x", "path": str(not_an_adapter)}, 400, "holds no adapter_config.json, so it is not an adapter directory"),
         ({"name": "x", "path": str(other_backbone_adapter)}, 400, "another backbone"),
         ({"name": "x", "path": str(corrupt)}, 400, "corrupt"),
         ({"name": "sentiment", "path": str(adapter_dirs["sentiment"])}, 409, "already served"),
-        ({"name": "a.b", "path": str(adapter_dirs["sentiment"])}, 400, "without dots"),
-        ({"name": "x"}, 422, "path"),
+        ({"name": "a.b", "path": str(adapter_dirs["sentiment"])}, 422, rule),
+        ({"name": "a/b", "path": str(adapter_dirs["sentiment"])}, 422, "e.g. 'a-b'"),
+        ({"name": "x"}, 422, 'path: Field required. Send JSON like {"name": "NAME", "path": '),
+        ({"name": "x", "path": 3}, 422, '{"name": "NAME", "path": '),
     ]
     before = httpx.get(f"{live.url}/tasks").json()
     for body, status, hint in cases:
         response = httpx.post(f"{live.url}/adapters", json=body)
         assert response.status_code == status, (body, response.text)
         assert hint in response.json()["error"]["message"], response.text
+        assert '"task"' not in response.json()["error"]["message"]  # no /predict example for /adapters
+    invalid_name = httpx.post(f"{live.url}/adapters", json={"name": "a/b", "path": str(adapter_dirs["sentiment"])})
+    assert invalid_name.json()["error"]["code"] == "invalid_task_name"
+    broken = httpx.post(f"{live.url}/adapters", content=b'{"name": ', headers={"content-type": "application/json"})
+    assert broken.status_code == 400 and '"path"' in broken.json()["error"]["message"]
     assert httpx.get(f"{live.url}/tasks").json() == before
     for name in TASKS:  # every task still answers as its own model
         body = {"task": name, "text": "john works at google", **({"text_pair": "in london"} if TASKS[name][3] else {})}
         answer = httpx.post(f"{live.url}/predict", json=body).json()["predictions"][0]
         assert_same_answer(answer, references.answer(name, body["text"], body.get("text_pair")))
+
+
+def test_docs_pages_load_only_assets_this_server_serves(live):
+    """/docs and /redoc work offline: every script, style sheet and icon they name is local and answers."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        response = httpx.get(f"{live.url}{page}")
+        assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+        assert "http://" not in response.text and "https://" not in response.text  # no CDN, no font service
+        urls = re.findall(r"""(?:src|href|spec-url)=["']([^"']+)["']|url: ?["']([^"']+)["']""", response.text)
+        urls = [first or second for first, second in urls]
+        assert "/openapi.json" in urls, (page, urls)
+        assert any(url.endswith(".js") for url in urls), (page, urls)
+        for url in urls:
+            assert url.startswith("/") and not url.startswith("//"), (page, url)
+            assert httpx.get(f"{live.url}{url}").status_code == 200, (page, url)
+    assert "/adapters" in httpx.get(f"{live.url}/openapi.json").json()["paths"]
 
 
 def test_metrics_in_prometheus_text_format(live):
@@ -278,6 +306,30 @@ def test_the_serve_command_refuses_a_malformed_adapter_flag(capsys):
 
     assert main(["serve", "--adapter", "just-a-path"]) == 2
     assert "NAME=DIR" in capsys.readouterr().err
+
+
+def test_the_serve_command_refuses_a_task_name_that_cannot_be_served(adapter_dirs, capsys):
+    from peftkit.cli import main
+
+    assert main(["serve", "--adapter", f"news/topic={adapter_dirs['topic']}"]) == 2
+    error = capsys.readouterr().err
+    assert "'news/topic' is not usable" in error and "letters, digits, '_' or '-'" in error and "'news-topic'" in error
+
+
+def test_the_serve_command_names_a_port_in_use_and_the_flag(model_dir, adapter_dirs, capsys):
+    import socket
+
+    from peftkit.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--adapter", f"sentiment={adapter_dirs['sentiment']}", "--model", str(model_dir),
+                     "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert f"127.0.0.1:{port}" in captured.err and "--port" in captured.err and "in use" in captured.err
+    assert "serving" not in captured.out
 
 
 def test_the_serve_command_refuses_bad_settings_with_the_flag_to_fix(model_dir, adapter_dirs, capsys):

@@ -117,3 +117,23 @@ def test_two_processes_write_the_file_one_process_writes(model_dir, adapter_dirs
     assert "by 2 process(es)" in two.stdout and "by 1 process(es)" in one.stdout
     assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
     assert len(read_jsonl(tmp_path / "two.jsonl")) == ROWS
+
+
+def test_predict_refuses_a_missing_or_unexpected_pair_as_the_server_does(model_dir, adapter_dirs, texts, tmp_path, capsys):
+    """The server's missing_text_pair / unexpected_text_pair checks, in the flags' words, one text or a file."""
+    topic, sentiment, ner = (["predict", str(adapter_dirs[name]), "--model", str(model_dir)] for name in ("topic", "sentiment", "ner"))
+    assert main([*topic, "--text", "a movie"]) == 2
+    assert "classifies pairs of texts, but no text_pair was given: add --text-pair beside --text" in capsys.readouterr().err
+    for single in (sentiment, ner):
+        assert main([*single, "--text", "a movie", "--text-pair", "the plot"]) == 2
+        assert "classifies single texts, but a text_pair was given: drop --text-pair" in capsys.readouterr().err
+    assert main([*topic, "--text", "a movie", "--text-pair", "the plot"]) == 0
+    capsys.readouterr()
+
+    source = write_csv(tmp_path / "data.csv", texts, pairs=texts)
+    output = tmp_path / "predictions.jsonl"
+    with pytest.raises(DataError, match="add --text-pair-column beside --text-column"):
+        predict_file(str(adapter_dirs["topic"]), str(source), str(output), model=str(model_dir))
+    with pytest.raises(DataError, match="drop --text-pair-column"):
+        predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir), text_pair_column="second")
+    assert not output.exists()

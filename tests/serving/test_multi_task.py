@@ -219,6 +219,16 @@ def test_unknown_task_name_is_rejected(pasta_model):
         pasta_model(input_ids, attention_mask, tasks[:-1])
 
 
+@pytest.mark.parametrize("name, suggestion", [
+    ("a/b", "a-b"), ("a.b", "a-b"), ("my task", "my-task"), ("__base__", "base"), ("", None), ("x" * 65, "x" * 64),
+])
+def test_task_names_that_cannot_be_urls_or_adapter_names_are_rejected(pasta_dirs, name, suggestion):
+    directory = next(iter(pasta_dirs.values()))
+    with pytest.raises(PeftkitError, match="letters, digits, '_' or '-'") as raised:
+        MultiTaskModel.from_adapters(shared_backbone(), {name: directory}, task_model_classes={name: AutoModelForSequenceClassification})
+    assert f"e.g. {suggestion or 'sentiment'!r}" in str(raised.value)
+
+
 def test_adapter_that_does_not_say_its_task_model_class_needs_one(pasta_dirs):
     with pytest.raises(AdapterFileError, match="task_model_classes"):
         MultiTaskModel.from_adapters(shared_backbone(), {"topic": pasta_dirs["topic"]})

@@ -146,3 +146,16 @@ def test_compare_on_an_image_task_without_model_builds_the_default_backbone_once
         config = json.loads((Path(kept[0]["run_dir"]) / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == backbone
         assert "building" not in (tmp_path / "cmp" / f"{method}.log").read_text()
+
+
+def test_the_default_output_is_named_like_the_train_runs_task(model_and_task, tmp_path, monkeypatch):
+    """``--task reviews.csv`` compares into runs/compare-reviews, as `peftkit train` names runs/<method>-reviews."""
+    import peftkit.training.compare as compare_module
+
+    model_dir, task = model_and_task
+    outputs = []
+    monkeypatch.setattr(compare_module, "compare", lambda names, train_args, output, **_: outputs.append(Path(output)))
+    monkeypatch.chdir(task.parent)
+    for written in (task.name, str(task)):
+        compare_command(methods="linear", model=str(model_dir), task=written, quick=True)
+    assert outputs == [Path("runs") / "compare-reviews"] * 2
