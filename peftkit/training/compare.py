@@ -138,6 +138,13 @@ def run_method_selection(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a method's process. PYTHONSAFEPATH: `python -m` would otherwise put the
+    working directory first on sys.path, and a folder named ``peftkit`` there (a clone, from the
+    folder above it) would shadow the installed package."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONSAFEPATH": "1"}
+
+
 def _select_in_subprocess(spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
     method_dir = Path(spec["method_dir"])
     if method_dir.exists():
@@ -146,9 +153,8 @@ def _select_in_subprocess(spec: dict[str, Any], log_path: Path) -> dict[str, Any
     spec_path = method_dir / "spec.json"
     atomic_write_json(spec_path, spec)
     command = [sys.executable, "-m", "peftkit.training.compare", str(spec_path)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(log_path, "w", encoding="utf-8") as log:
-        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), check=False)
     if finished.returncode != 0:
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
         raise TrainingError(f"training {spec['method']} failed (exit {finished.returncode}); the end of {log_path}:\n{tail}")
@@ -170,8 +176,7 @@ def _run_in_context(output: Path, train_args: list[str], seeds: list[int]) -> di
                        *train_args, "--seed", str(seed)]
             log.write(f"== {' '.join(command)}\n")
             log.flush()
-            finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False,
-                                      env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False, env=_child_env())
             if finished.returncode != 0:
                 log.flush()
                 tail = "".join((output / "icl.log").read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])

@@ -159,3 +159,13 @@ def test_the_default_output_is_named_like_the_train_runs_task(model_and_task, tm
     for written in (task.name, str(task)):
         compare_command(methods="linear", model=str(model_dir), task=written, quick=True)
     assert outputs == [Path("runs") / "compare-reviews"] * 2
+
+
+def test_compare_runs_from_a_folder_holding_a_folder_named_peftkit(model_and_task, tmp_path, monkeypatch):
+    """A user one level above their clone: `python -m` in the method's process must not import the
+    clone's folder (a namespace package without the installed code) instead of peftkit."""
+    model_dir, task = model_and_task
+    (tmp_path / "work" / "peftkit").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    result = compare_command(methods="linear", model=str(model_dir), task=str(task), output="cmp", quick=True, seeds=1, epochs=1)
+    assert [row["method"] for row in result["rows"]] == ["linear"] and 0.0 <= result["rows"][0]["metric"] <= 1.0
