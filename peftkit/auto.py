@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from peftkit.errors import AdapterMismatchError, BaseModelError
-from peftkit.loading import adapter_restores_head, load_base_model, read_task_info
+from peftkit.loading import adapter_restores_head, in_hf_cache, load_base_model, read_task_info
 from peftkit.peft_model import PeftModel, read_adapter_config
 
 
@@ -36,17 +36,13 @@ def recorded_base_path(adapter_dir: str | os.PathLike, record: dict[str, Any]) -
         )
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError):
+    if not in_hf_cache(name):
         raise BaseModelError(
             f"the adapter in {adapter_dir} was trained on the base model {name!r}, which is not here: "
             "no such directory and not in the Hugging Face cache (peftkit does not download models). "
             "Copy that model to this path, or pass where it is now: "
             "from_pretrained(adapter_dir, base_model=PATH_OR_MODEL)."
-        ) from None
+        )
     return name
 
 

@@ -56,17 +56,24 @@ def resolve_model_path(model: str | None, kind: str | None = None) -> str:
     if path.is_dir():
         refuse_adapter_directory(path)
         return str(path.resolve())
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(model, local_files_only=True)
-    except (OSError, ValueError):
+    if not in_hf_cache(model):
         raise PeftkitError(
             f"cannot load the model {model!r}: it is not a local directory and not in the Hugging Face "
             "cache, and peftkit does not download models. Pass --model /path/to/a/directory written "
             "by save_pretrained (with config.json and the weights)."
-        ) from None
+        )
     return model
+
+
+def in_hf_cache(name: str) -> bool:
+    """Whether ``name`` is a model already in the Hugging Face cache (looked up, never downloaded)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def refuse_adapter_directory(path: Path) -> None:

@@ -145,6 +145,11 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONSAFEPATH": "1"}
 
 
+def _log_tail(log_path: Path, lines: int = 15) -> str:
+    """The last lines of a method's log: what a failed run printed (its error, not a traceback)."""
+    return "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-lines:])
+
+
 def _select_in_subprocess(spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
     method_dir = Path(spec["method_dir"])
     if method_dir.exists():
@@ -156,8 +161,7 @@ def _select_in_subprocess(spec: dict[str, Any], log_path: Path) -> dict[str, Any
     with open(log_path, "w", encoding="utf-8") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), check=False)
     if finished.returncode != 0:
-        tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
-        raise TrainingError(f"training {spec['method']} failed (exit {finished.returncode}); the end of {log_path}:\n{tail}")
+        raise TrainingError(f"training {spec['method']} failed (exit {finished.returncode}); the end of {log_path}:\n{_log_tail(log_path)}")
     return json.loads((method_dir / SELECTION_FILE).read_text(encoding="utf-8"))
 
 
@@ -179,8 +183,7 @@ def _run_in_context(output: Path, train_args: list[str], seeds: list[int]) -> di
             finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False, env=_child_env())
             if finished.returncode != 0:
                 log.flush()
-                tail = "".join((output / "icl.log").read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
-                raise TrainingError(f"in-context learning failed (exit {finished.returncode}); the end of {output / 'icl.log'}:\n{tail}")
+                raise TrainingError(f"in-context learning failed (exit {finished.returncode}); the end of {output / 'icl.log'}:\n{_log_tail(output / 'icl.log')}")
             metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
             runs.append({"run_dir": str(run_dir), "seed": seed, "kept": True, "reported_metric": metrics["best_metric"],
                          "primary_metric": metrics["primary_metric"], "majority_baseline": metrics.get("majority_baseline"),
