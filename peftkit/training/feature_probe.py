@@ -6,8 +6,8 @@ measured under the same honest rules as every trained method in ``peftkit compar
 1. **C never sees the reported split.** A dev split is carved from the training data
    (``--dev-fraction``, 0.2 when not given, the same carve ``compare`` makes for every method:
    the seed changes it); every C of ``c_values`` is fitted on the rest and scored on dev with
-   the task's metric (accuracy, or seqeval entity F1 for NER); the best (ties: lower dev
-   log-loss, then the smaller C) is scored once on the validation split. Like the other methods,
+   the task's metric (accuracy, or seqeval entity F1 for NER); the best (ties: the smaller C)
+   is scored once on the validation split. Like the other methods,
    the probe is fitted on the training data minus dev, not refitted on all of it.
 2. **Features are computed once.** The backbone runs once per distinct input: features are
    cached on disk per (backbone fingerprint, dtype, pooling), keyed by the SHA-256 of each
@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import resource
 import time
 import warnings
@@ -229,8 +228,11 @@ def choose_c(train: tuple[np.ndarray, np.ndarray], dev_rows: list[np.ndarray], d
              config: FeatureProbeConfig, num_labels: int, primary: str, metrics_fn, token_level: bool) -> dict[str, Any]:
     """Fit every C of ``config.c_values`` on ``train`` (features, labels) and score it on dev.
 
-    The winner has the best dev ``primary`` metric; ties go to the lower dev log-loss, then the
-    smaller C (the stronger regularisation). Returns {"chosen": index, "grid": [...], "weight", "bias", "parameters"}.
+    The winner has the best dev ``primary`` metric; ties go to the smaller C, the stronger
+    regularisation, as scikit-learn's GridSearchCV does over an ascending grid. Not to the lower
+    dev log-loss, which other methods' selection uses between epochs: across C the loss mostly
+    measures confidence, and it falls as regularisation weakens even where accuracy does not move.
+    Returns {"chosen": index, "grid": [...], "weight", "bias", "parameters"}.
     """
     grid, fits = [], []
     for c in tqdm(config.c_values, desc="C on dev", unit="fit"):
@@ -239,11 +241,7 @@ def choose_c(train: tuple[np.ndarray, np.ndarray], dev_rows: list[np.ndarray], d
         grid.append({"C": float(c), "dev_metric": scores[primary], "dev_loss": scores["loss"], "converged": converged})
         fits.append((weight, bias, parameters))
         print(f"C = {c:g}: dev {primary} {scores[primary]:.4f}, dev loss {scores['loss']:.4f}{'' if converged else ' (not converged)'}")
-    def key(index: int):
-        loss = grid[index]["dev_loss"]
-        return (grid[index]["dev_metric"], -(loss if math.isfinite(loss) else math.inf), -grid[index]["C"])
-
-    best = max(range(len(grid)), key=key)
+    best = max(range(len(grid)), key=lambda index: (grid[index]["dev_metric"], -grid[index]["C"]))
     for index, entry in enumerate(grid):
         entry["selected"] = index == best
     weight, bias, parameters = fits[best]

@@ -58,9 +58,9 @@ def test_c_is_chosen_on_dev_and_the_validation_split_is_scored_once(model_dir, r
     assert seen["dev"] and not seen["dev"] & seen["validation"] and not seen["dev"] & seen["train"]
     assert not seen["train"] & seen["validation"]
     assert (metrics["dev_examples"], metrics["num_train_examples"]) == (len(seen["dev"]), len(seen["train"]))
-    # The chosen C is the grid point with the best dev score (ties: lower dev loss).
+    # The chosen C is the grid point with the best dev score (ties: the smaller C).
     grid = metrics["c_grid"]
-    best = max(grid, key=lambda entry: (entry["dev_metric"], -entry["dev_loss"]))
+    best = max(grid, key=lambda entry: (entry["dev_metric"], -entry["C"]))
     assert [entry["C"] for entry in grid] == [1e-4, 1e-2, 1.0, 100.0]
     assert best["selected"] and sum(entry["selected"] for entry in grid) == 1
     assert metrics["chosen_settings"] == {"C": best["C"]} and metrics["best_metric"] == best["dev_metric"]
@@ -73,7 +73,7 @@ def test_c_is_chosen_on_dev_and_the_validation_split_is_scored_once(model_dir, r
     assert json.loads((output / "adapter_config.json").read_text())["feature_probe"]["C"] == best["C"]
 
 
-def test_choose_c_picks_the_best_dev_score_and_breaks_ties_by_dev_loss():
+def test_choose_c_picks_the_best_dev_score_and_breaks_ties_towards_the_smaller_c():
     rng = np.random.default_rng(0)
     # Two informative dimensions and noise; few training rows, so C changes what is learned.
     train_x, dev_x = rng.normal(size=(40, 6)), rng.normal(size=(200, 6))
@@ -89,11 +89,14 @@ def test_choose_c_picks_the_best_dev_score_and_breaks_ties_by_dev_loss():
         weight, bias, _, _ = fit_probe(train_x, train_y, entry["C"], 2)
         assert entry["dev_metric"] == pytest.approx(float(((dev_x @ weight.T + bias).argmax(-1) == dev_y).mean()))
     scores = [entry["dev_metric"] for entry in grid]
-    top = [index for index, score in enumerate(scores) if score == max(scores)]
-    expected = min(top, key=lambda index: grid[index]["dev_loss"])
+    expected = scores.index(max(scores))  # the grid ascends: the first best is the smallest C
     assert selection["chosen"] == expected and grid[expected]["selected"]
     # At a tiny C every coefficient is near zero: all dev rows fall on one side.
     assert grid[0]["dev_metric"] < grid[expected]["dev_metric"]
+    # A tie goes to the smaller C even where a larger one has the lower dev loss (it is merely more confident).
+    tied = choose_c((train_x, train_y), list(dev_x), list(dev_y), feature_probe.FeatureProbeConfig(c_values=[10.0, 100.0]),
+                    2, "accuracy", lambda logits, labels: {"accuracy": 1.0}, token_level=False)
+    assert tied["chosen"] == 0 and tied["grid"][1]["dev_loss"] < tied["grid"][0]["dev_loss"]
 
 
 def test_features_are_cached_and_the_second_run_computes_none(model_dir, reviews, tmp_path, single_torch_thread):
