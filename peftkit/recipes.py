@@ -87,7 +87,7 @@ _PEFT_TASK_TYPES = {"text-classification": "SEQ_CLS", "token-classification": "T
 
 def canonical_method(method: str) -> str:
     """The registry name of ``method`` ("PASTA", "linear_probe", "vpt-deep" → ...), "lora" or "icl"."""
-    if method.lower() in ("lora", "icl"):  # PEFT's own, and in-context learning (peftkit.methods.icl), have no adapter class
+    if method.lower() in ("lora", "icl", "feature-probe"):  # PEFT's own, in-context learning and the frozen-feature probe have no adapter class
         return method.lower()
     if method.lower() in METHOD_VARIANTS:
         return METHOD_VARIANTS[method.lower()][0]
@@ -95,7 +95,7 @@ def canonical_method(method: str) -> str:
         return get_method(method).name
     except MethodConfigError:
         raise MethodConfigError(
-            f"unknown method {method!r}; peftkit trains {', '.join(sorted({*method_names(), 'lora', 'icl'}))}."
+            f"unknown method {method!r}; peftkit trains {', '.join(sorted({*method_names(), 'lora', 'icl', 'feature-probe'}))}."
         ) from None
 
 
@@ -112,8 +112,10 @@ def recipe(method: str) -> dict[str, Any]:
 
 def selection_grid(method: str, quick: bool = False) -> dict[str, list[Any]]:
     """The `peftkit train` flags (and their values) `peftkit compare` chooses among for ``method``;
-    a method without a grid is tried at its recipe's learning rate only."""
+    a method without a grid is tried at its recipe's learning rate only, the feature probe with none."""
     name = canonical_method(method)
+    if name == "feature-probe":  # no learning rate: it chooses its C on each run's own dev split, so one run per seed
+        return {}
     grids = SELECTION_GRIDS.get(method.lower(), SELECTION_GRIDS.get(name))
     if grids is None:
         return {"learning_rate": [recipe(method)["learning_rate"]]}

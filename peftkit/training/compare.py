@@ -41,7 +41,7 @@ from peftkit.training.selection import grid_points, select_and_repeat
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "peftkit_task.json")
 SELECTION_FILE = "selection.json"
-TEXT_METHODS = "pasta,lora,wegeft,bitfit,linear,full"
+TEXT_METHODS = "pasta,lora,wegeft,bitfit,feature-probe,full"
 IMAGE_METHODS = "vpt-shallow,vpt-deep,linear,full,lora,wegeft"
 COLUMNS = (
     ("method", "method", "{}"),
@@ -78,9 +78,10 @@ def _adapter_bytes(run_dir: Path) -> int:
 
 def _weights_rewritten(run_dir: Path, merged: bool = False) -> int | None:
     from peftkit.analysis.cost import cost_report
+    from peftkit.training.feature_probe import is_feature_probe_directory
     from peftkit.training.in_context import is_icl_directory
 
-    if is_icl_directory(run_dir):  # in-context learning changes no weight
+    if is_icl_directory(run_dir) or is_feature_probe_directory(run_dir):  # in-context learning and the feature probe change no weight
         return 0
 
     return cost_report(run_dir, merged=merged)["backbone_weights_rewritten_per_switch"]
@@ -107,11 +108,13 @@ def run_method_selection(spec: dict[str, Any]) -> dict[str, Any]:
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         remove_checkpoints(run_dir)  # resumable state of a finished run: hundreds of MB for full fine-tuning
         primary = metrics["primary_metric"]
-        best = metrics["epochs"][metrics["best_epoch"] - 1]
+        # The feature probe has no epochs: its dev loss and its C (chosen on the same dev split) are its own.
+        best = metrics["epochs"][metrics["best_epoch"] - 1] if metrics["epochs"] else {}
         return {
             "run_dir": str(run_dir),
             "dev_metric": metrics["best_metric"],
-            "dev_loss": best.get("eval_loss"),
+            "dev_loss": best.get("eval_loss", metrics.get("dev_loss")),
+            "chosen_in_run": metrics.get("chosen_settings"),
             "reported_metric": metrics["reported_metrics"][primary],
             "reported_metrics": metrics["reported_metrics"],
             "primary_metric": primary,
@@ -219,6 +222,18 @@ def _settings_text(settings: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _chosen_in_runs_text(kept: list[dict[str, Any]]) -> str:
+    """What each kept run chose on its own dev split (the feature probe's C), e.g. "C per seed: 1, 10, 1"."""
+    chosen = [run.get("chosen_in_run") or {} for run in kept]
+    names = list(dict.fromkeys(name for settings in chosen for name in settings))
+    return "; ".join(f"{name} per seed: {', '.join(f'{settings.get(name):g}' for settings in chosen)}" for name in names)
+
+
+def _median_or_none(values: list[float]) -> float | None:
+    """None (shown as "—") for a method with no training steps (the feature probe), not NaN."""
+    return float(np.median(values)) if values else None
+
+
 def summarise(method: str, selection: dict[str, Any]) -> dict[str, Any]:
     """The table row of one method: mean ± std over the kept runs, cost of the first kept run."""
     kept, runs = selection["kept"], selection["runs"]
@@ -234,14 +249,14 @@ def summarise(method: str, selection: dict[str, Any]) -> dict[str, Any]:
         "seeds": [run["seed"] for run in kept],
         "metric_text": f"{selection['mean']:.4f} ± {std:.4f}" if std is not None else f"{selection['mean']:.4f}",
         "chosen": selection["chosen"],
-        "chosen_text": _settings_text(selection["chosen"]),
+        "chosen_text": _settings_text(selection["chosen"]) or _chosen_in_runs_text(kept),
         "runs": len(runs),
         "primary_metric": first["primary_metric"],
         "majority_baseline": first["majority_baseline"],
         "trainable_parameters": first["trainable_parameters"],
         "trainable_percent": first["trainable_percent"],
         "adapter_bytes": _adapter_bytes(run_dir),
-        "median_step_seconds": float(np.median([run["median_step_seconds"] for run in kept if run["median_step_seconds"] is not None] or [np.nan])),
+        "median_step_seconds": _median_or_none([run["median_step_seconds"] for run in kept if run["median_step_seconds"] is not None]),
         # ru_maxrss only grows, so the last run's figure is the method process's peak.
         "peak_memory_mb": max(run["peak_rss_bytes"] for run in runs) / 2**20,
         "backbone_weights_rewritten_per_switch": _weights_rewritten(run_dir),
@@ -384,9 +399,9 @@ def compare_command(
     """Compare methods on one task under honest budgets: settings chosen on a dev split, several seeds.
 
     Args:
-        methods: Comma-separated methods (pasta, lora, wegeft, bitfit, linear, full, vpt-shallow, vpt-deep,
-            lora-fusion, icl); default: the six text methods, or VPT-Shallow, VPT-Deep, linear, full, LoRA and
-            WeGeFT on an image task.
+        methods: Comma-separated methods (pasta, lora, wegeft, bitfit, feature-probe, linear, full, vpt-shallow,
+            vpt-deep, lora-fusion, icl); default: pasta, lora, wegeft, bitfit, feature-probe and full, or
+            VPT-Shallow, VPT-Deep, linear, full, LoRA and WeGeFT on an image task.
         model: Local model directory (default: the shipped MiniLM, or for an image task the default image backbone).
         task: Builtin task or data path, as for `peftkit train`.
         output: Directory for compare.json, compare.md, compare.png and every run.
@@ -438,7 +453,7 @@ def compare_command(
     icl_train_args += ["--icl-shots", icl_shots]
     method_epochs = {}
     for name in names:
-        if name == "icl":
+        if name in ("icl", "feature-probe"):  # nothing trained by epochs
             continue
         budget = epochs if epochs is not None else recipes.recipe(name)["epochs"]
         method_epochs[name] = ["--epochs", str(min(budget, 2) if quick else budget)]
