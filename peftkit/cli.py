@@ -571,6 +571,20 @@ def normalise_argv(argv: list[str]) -> list[str]:
     return _join_repeated_list_flags(normalised)
 
 
+def _list_items(value: str) -> list[str]:
+    """A list flag's value: a JSON list (``'["--a", "b"]'``) gives its items, anything else itself."""
+    import json
+
+    if value.lstrip().startswith("["):
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError:
+            return [value]
+        if isinstance(items, list):
+            return [item if isinstance(item, str) else json.dumps(item) for item in items]
+    return [value]
+
+
 def _join_repeated_list_flags(argv: list[str]) -> list[str]:
     """``--adapter a=x --adapter b=y`` → ``--adapter=["a=x", "b=y"]`` for list-typed flags, which
     jsonargparse would otherwise read one value at a time (and refuse as "not a list")."""
@@ -588,7 +602,7 @@ def _join_repeated_list_flags(argv: list[str]) -> list[str]:
         if key in list_flags and index + 1 < len(argv):
             if key not in values:
                 joined.append((key,))
-            values.setdefault(key, []).append(argv[index + 1])
+            values.setdefault(key, []).extend(_list_items(argv[index + 1]))
             index += 2
         else:
             joined.append(argv[index])

@@ -161,6 +161,21 @@ def test_dashed_flags_and_bare_booleans_are_normalised():
     assert normalise_argv(["predict", "d", "--text", "--not-a-flag"]) == ["predict", "d", "--text", "--not-a-flag"]
 
 
+def test_a_json_list_value_of_a_list_flag_gives_its_items():
+    """compare --extra-train-args '["--text-pair-column", "b"]' reached train as one quoted string."""
+    import jsonargparse
+
+    argv = normalise_argv(["compare", "--extra-train-args", '["--text-pair-column", "b"]'])
+    assert argv == ["compare", '--extra_train_args=["--text-pair-column", "b"]']
+
+    def compare(extra_train_args: list[str] | None = None):
+        return extra_train_args
+
+    assert jsonargparse.CLI(compare, args=argv[1:]) == ["--text-pair-column", "b"]
+    # repeated flags and a plain value still collect one item each
+    assert normalise_argv(["serve", "--adapter", "a=x", "--adapter", "[b=y"]) == ["serve", '--adapter=["a=x", "[b=y"]']
+
+
 def test_help_shows_dashed_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])
