@@ -207,7 +207,10 @@ def _cpu_name() -> str:
 
 def markdown_report(report: dict) -> str:
     settings = report["settings"]
-    load = lambda values: "unknown" if values is None else " / ".join(f"{v:.2f}" for v in values)  # noqa: E731
+
+    def load(values):
+        return "unknown" if values is None else " / ".join(f"{v:.2f}" for v in values)
+
     lines = [
         "# PASTA inference overhead",
         "",

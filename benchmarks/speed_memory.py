@@ -954,9 +954,8 @@ def run_benchmark(models: list[str], methods: list[str] | None, *, shapes: list[
         return best
 
     import peft
-    import transformers
-
     import torch
+    import transformers
 
     started_run = time.perf_counter()
     load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
