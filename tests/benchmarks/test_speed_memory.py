@@ -169,7 +169,9 @@ def test_ratios_and_target_verdicts_follow_the_measurements(report):
     assert checks["adapter_size"]["met"] is False
     assert any("adapter is" in line for line in report_json["missed_target_analysis"])
     for check in checks.values():
-        if check["target"] in ("adapter_size", "fastest_every_layer"):
+        if check["value"] is None:  # in-process, full fine-tuning may show no RSS growth: no ratio
+            assert check["met"] is None
+        elif check["target"] in ("adapter_size", "fastest_every_layer"):
             assert check["met"] == (check["value"] < check["threshold"])
         else:
             assert check["met"] == (check["value"] <= check["threshold"])
