@@ -53,3 +53,11 @@ def test_profile_names_the_ops_pasta_adds(report):
     extra = {op["op"] for op in report[1]["results"][0]["profile"]["extra_ops"]}
     assert any("index_put" in op for op in extra)  # the per-layer addition
     assert "aten::isin" not in extra  # positions come from a comparison, once per forward
+
+
+def test_extra_op_cost_is_the_extra_calls_at_pastas_mean_per_call(report):
+    profile = report[1]["results"][0]["profile"]
+    for op in profile["extra_ops"]:
+        calls = op["extra_calls_per_forward"]
+        assert calls > 0 and 0 <= op["extra_calls_ms"] <= op["pasta_self_ms"] + 1e-9
+    assert profile["extra_ops_self_ms"] >= max(op["extra_calls_ms"] for op in profile["extra_ops"])
