@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 
@@ -243,3 +245,112 @@ def test_unload_restores_the_model():
         peft_model.adapter.special_token_embeddings.normal_()
     restored = peft_model.unload()
     assert torch.equal(restored(**make_batch("bert")).logits, make_tiny_model("bert")(**make_batch("bert")).logits)
+
+
+def old_formulation_logits(family: str, table: torch.Tensor, input_ids, attention_mask, dtype=torch.float32):
+    """The formulation PASTA's eval path replaced, written out independently: pre-hooks on a
+    fresh copy of the model add ``table[layer][slot]`` at each special token's (row, column),
+    found with torch.isin, nonzero and index_put, exactly as the code did before."""
+    model = make_tiny_model(family).to(dtype)
+    ids = torch.tensor(special_ids(family))
+    special = torch.isin(input_ids, ids) & attention_mask.bool()
+    slots = (special.long().cumsum(dim=1) - 1).clamp(max=table.shape[1] - 1)
+    rows, columns = special.nonzero(as_tuple=True)
+
+    def hook_for(layer):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            added = hidden.index_put((rows, columns), table[layer][slots[rows, columns]].to(hidden.dtype), accumulate=True)
+            if args:
+                return (added, *args[1:]), kwargs
+            return args, dict(kwargs, hidden_states=added)
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(index), with_kwargs=True)
+               for index, layer in enumerate(peftkit.models.encoder_layers(model))]
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    for handle in handles:
+        handle.remove()
+    return logits
+
+
+def random_padded_batch(family: str, generator: torch.Generator, rows: int = 6, width: int = 12):
+    """Rows of random words with 1-4 special tokens each (pairs, RoBERTa's doubled </s>, more
+    than M), padded on a random side with a pad id that is sometimes a special id."""
+    cls, sep = special_ids(family)
+    input_ids = torch.full((rows, width), PAD_ID if family != "roberta" else 1)
+    attention_mask = torch.zeros(rows, width, dtype=torch.long)
+    pad_as = [None, cls, sep]
+    for row in range(rows):
+        length = int(torch.randint(3, width + 1, (1,), generator=generator))
+        words = torch.randint(5, 100, (length,), generator=generator)
+        words[0] = cls
+        for position in torch.randint(1, length, (int(torch.randint(1, 4, (1,), generator=generator)),), generator=generator):
+            words[position] = sep
+        pad = pad_as[int(torch.randint(0, 3, (1,), generator=generator))]
+        left = bool(torch.randint(0, 2, (1,), generator=generator))
+        span = slice(width - length, width) if left else slice(0, length)
+        if pad is not None:
+            input_ids[row] = pad
+        input_ids[row, span], attention_mask[row, span] = words, 1
+    return input_ids, attention_mask
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eval_outputs_equal_the_old_sparse_formulation(family, dtype):
+    """Eval mode adds the tables densely (a zero row for non-special positions); the result must
+    be the old per-position index_put's, to the bit, on random rows, paddings and pad ids."""
+    generator = torch.Generator().manual_seed(7)
+    base = make_tiny_model(family).to(dtype)  # a bf16 base gets float32 tables, cast at each add
+    peft_model = peftkit.get_peft_model(base, peftkit.PastaConfig(num_special_tokens=3, special_token_ids=special_ids(family)))
+    peft_model.eval()
+    with torch.no_grad():
+        peft_model.adapter.special_token_embeddings.normal_(generator=generator)
+    table = peft_model.adapter.special_token_embeddings.detach()
+    assert table.dtype == torch.float32  # the tables stay float32 on a bf16 base
+    for _ in range(3):
+        input_ids, attention_mask = random_padded_batch(family, generator)
+        with torch.no_grad():
+            dense = peft_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        assert torch.equal(dense, old_formulation_logits(family, table, input_ids, attention_mask, dtype))
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_positions_are_found_once_per_forward_not_per_layer(mode):
+    """The batch's positions, host reads included, are worked out once per forward: a model
+    with three times the layers makes no more nonzero/isin/bool calls, and each layer's hook
+    only runs index_put."""
+    from torch.overrides import TorchFunctionMode
+
+    class CountCalls(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = collections.Counter()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls[getattr(func, "__name__", str(func))] += 1
+            return func(*args, **(kwargs or {}))
+
+    def calls_of(num_layers):
+        model = make_tiny_model("bert")
+        model.config.num_hidden_layers = num_layers
+        model = type(model)(model.config).train(mode == "train")
+        peft_model = peftkit.get_peft_model(model, peftkit.PastaConfig(special_token_ids=special_ids("bert")))
+        with CountCalls() as counter:
+            peft_model(**make_batch("bert"))
+        return counter.calls
+
+    two, six = calls_of(2), calls_of(6)
+    for name in ("nonzero", "isin", "__bool__", "item", "tolist"):
+        assert two[name] == six[name], name
+    assert two["isin"] == 0 and two["nonzero"] == 1
+    assert six["index_put"] - two["index_put"] == 4  # one per added layer
+
+
+def test_eval_mode_still_rejects_rows_without_special_tokens():
+    _, peft_model = wrap("bert")
+    peft_model.eval()
+    with torch.no_grad(), pytest.raises(SpecialTokenError, match="row\\(s\\) \\[0\\]"):
+        peft_model(input_ids=torch.tensor([[9, 9, 9], [2, 9, 3]]))
