@@ -70,6 +70,7 @@ def run_arm(runs_dir: Path, method: str, task: str, arm: str, *, seeds: int, qui
     )
     atomic_write_json(output / "load.json", {
         "load_average_at_start": load_before, "load_average_at_end": os.getloadavg(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "nice": os.nice(0),
         "started_utc": started.isoformat(timespec="seconds"),
         "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })
@@ -82,12 +83,17 @@ def read_arm(runs_dir: Path, method: str, task: str, arm: str) -> dict | None:
     compared = json.loads((output / "compare.json").read_text(encoding="utf-8"))
     row = compared["rows"][0]
     load = json.loads((output / "load.json").read_text(encoding="utf-8")) if (output / "load.json").is_file() else {}
+    flags = compared["train_args"]
+
+    def flag(name: str) -> int | None:
+        return int(flags[flags.index(name) + 1]) if name in flags else None
     return {
         "method": method, "task": task, "arm": arm, "metric_name": row["primary_metric"],
         "mean": row["metric"], "std": row["metric_std"], "per_seed": row["metric_per_seed"], "seeds": row["seeds"],
         "chosen": row["chosen"], "epochs_run": row["epochs_run"], "median_step_seconds": row["median_step_seconds"],
         "peak_memory_mb": row["peak_memory_mb"], "quick": compared.get("quick"), "grid": compared["grids"][method],
-        "train_args": compared["train_args"], "compare_dir": str(output), **load,
+        "max_train_examples": flag("--max-train-examples"), "max_eval_examples": flag("--max-eval-examples"),
+        "epochs": compared.get("epochs", {}).get(method), "train_args": flags, "compare_dir": str(output), **load,
     }
 
 
@@ -161,15 +167,18 @@ def markdown(result: dict) -> str:
         paired = ", ".join(f"{d:+.4f}" for d in v["paired_differences"])
         lines.append(f"| {v['method']} | {v['task']} | {v['arm']} | {v['difference']:+.4f} | {paired} | "
                      f"{v['noise']:.4f} | {'yes' if v['costs_accuracy'] else 'no'} |")
-    budgets = sorted({(a["quick"], json.dumps(a["grid"])) for a in result["arms"]})
+    budgets = sorted({(a["task"], a["quick"], json.dumps(a["grid"]), a["max_train_examples"], a["max_eval_examples"], a["epochs"])
+                      for a in result["arms"]})
+    lines += ["", "Budgets (the same for every arm of a task): " + "; ".join(
+        f"{task}: {'--quick' if quick else 'full'} grid {grid}, {train} training examples per seed (20% of them the dev "
+        f"split), {'all' if evaluated is None else evaluated} validation examples, at most {epochs} epochs"
+        for task, quick, grid, train, evaluated, epochs in budgets)
+        + "; 128 tokens, batch 32, early stopping after 2 epochs without a better dev score."]
+    threads = sorted({str(a.get("omp_num_threads")) for a in result["arms"]})
     lines += [
-        "",
-        "Budget: " + "; ".join(f"{'--quick' if quick else 'full'} grid {grid}" for quick, grid in budgets)
-        + ", 800 training examples per seed (20% of them the dev split), 128 tokens, batch 32, early stopping "
-        "after 2 epochs without a better dev score.",
-        "Step times were measured on a 2-core machine shared with other jobs, each run with "
-        f"OMP_NUM_THREADS={result['machine']['omp_num_threads']} under `nice -n 19`: they are noisy and are not "
-        "the fast path's speed (benchmarks/speed_memory.py measures that on an idle machine).",
+        "Step times were measured on a 2-core machine shared with other jobs (load averages above), with "
+        f"OMP_NUM_THREADS={', '.join(threads)} at low priority: they are noisy and are not the fast path's "
+        "speed (benchmarks/speed_memory.py measures that on an idle machine).",
         "",
     ]
     return "\n".join(lines)
