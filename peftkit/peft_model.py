@@ -74,6 +74,8 @@ def get_peft_model(model: nn.Module, config, tokenizer=None, *, backbone_dropout
     a peftkit method it sets the config's ``backbone_dropout`` field, for PEFT's methods (LoRA,
     whose config has no such field) it is applied here and recorded by peftkit's save
     (``save_peft_options``) in ``peftkit_options.json`` beside the adapter. None = the config's.
+    PEFT's own ``unload()`` does not know of it: on a PEFT model call
+    ``model.peftkit_backbone_dropout_off.restore()`` first to get the pretrained dropout back.
 
     Raises AdaptedModelError when ``model`` already carries an adapter (peftkit's or PEFT's), and
     MethodConfigError for ``backbone_dropout`` on a method that trains the backbone (full).

@@ -240,6 +240,10 @@ def test_recipe_passes_the_option_to_peftkit_methods_and_keeps_it_out_of_loras_c
     model = make_tiny_model("bert")
     info = {"kind": "text-classification"}
     assert recipes.build_method_config("pasta", model, info, {"backbone_dropout": False}).backbone_dropout is False
+    # PASTA's recipe takes the fast path (measured: results/fast_path_accuracy.md); an explicit choice wins
+    assert recipes.build_method_config("pasta", model, info, {}).backbone_dropout is False
+    assert recipes.build_method_config("pasta", model, info, {"backbone_dropout": True}).backbone_dropout is True
+    assert recipes.build_method_config("wegeft", model, info, {}).backbone_dropout is True  # not measured: as pretrained
     lora = recipes.build_method_config("lora", model, info, {"backbone_dropout": False})
     assert isinstance(lora, peft.LoraConfig)
     assert recipes.backbone_dropout("lora", {"backbone_dropout": False}) is False
