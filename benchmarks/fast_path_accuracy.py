@@ -123,7 +123,7 @@ def report(runs_dir: Path, methods: list[str], tasks: list[str]) -> dict:
     result = {
         "what": "accuracy of the frozen-backbone fast path (backbone_dropout=false) and of bf16 autocast, through peftkit compare",
         "rule": "an arm costs accuracy when its mean is below the pretrained-dropout mean by more than the larger sample std of the two",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "arms": arms, "verdicts": verdicts,
     }
     atomic_write_json(RESULTS / "fast_path_accuracy.json", result)
@@ -160,7 +160,8 @@ def markdown(result: dict) -> str:
             f"| {a['method']} | {a['task']} | {a['arm']} | {a['metric_name']} {_figure(a['mean'], a['std'])} | "
             f"{', '.join(f'{v:.4f}' for v in a['per_seed'])} | {chosen} | {a['median_step_seconds']:.2f} | {load} |"
         )
-    lines += ["", f"Rule: {result['rule']}.", "",
+    lines += ["", f"Rule: {result['rule']}. The mean difference is over all the seeds each arm ran (bf16 ran "
+              "fewer); the paired column compares the same seeds, i.e. the same data draws.", "",
               "| method | task | arm vs pretrained-dropout | mean difference | paired (per seed) | noise (max std) | costs accuracy? |",
               "|---|---|---|---|---|---|---|"]
     for v in result["verdicts"]:
