@@ -24,8 +24,16 @@ Each arm's compare directory is kept under ``--runs-dir``; an arm whose compare.
 is not run again (so the arms can be split across processes and the report rebuilt with
 ``--report-only``). Writes results/fast_path_accuracy.{json,md}.
 
-    nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/fast_path_accuracy.py --quick --seeds 3
+What results/fast_path_accuracy.md holds was run as (each line in the background, in parallel):
+
+    B="--quick --tasks bbc-news --max-train-examples 400 --max-eval-examples 300"
+    nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/fast_path_accuracy.py $B --seeds 3 --arms fast-path
+    nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/fast_path_accuracy.py $B --seeds 3 --arms pretrained-dropout
+    nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/fast_path_accuracy.py $B --arms bf16 --bf16-seeds 2
+    nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/fast_path_accuracy.py --quick --seeds 3 --tasks twitter-ner
     python benchmarks/fast_path_accuracy.py --report-only
+
+bbc-news ran 400 articles a seed (not compare's 800) to fit a shared 2-core machine in time.
 """
 
 from __future__ import annotations
