@@ -110,7 +110,7 @@ def train_command(
         tags_column: Column holding one tag per word (token classification).
         validation_fraction: Share held out for validation when the data has no validation split.
         max_length: Tokens per example after truncation.
-        method_options: The method's own settings as JSON, e.g. '{"rank": 8}'.
+        method_options: The method's own settings as JSON, e.g. '{"rank": 8}'; '{"backbone_dropout": false}' runs a frozen backbone without its dropout.
         pool: For lora-fusion: comma-separated directories of the frozen PEFT LoRA adapters to fuse.
         resume: Continue the run in --output from its last checkpoint.
         overwrite: Start afresh even though --output is not empty.
@@ -182,7 +182,8 @@ def train_command(
     if pool:
         method_options = {**(method_options or {}), "pool": [entry.strip() for entry in pool.split(",") if entry.strip()]}
     method_config = recipes.build_method_config(method, base, task_info, method_options)
-    adapted = peftkit.get_peft_model(base, method_config, tokenizer=text_processor(processor, loaded_task.kind))
+    adapted = peftkit.get_peft_model(base, method_config, tokenizer=text_processor(processor, loaded_task.kind),
+                                     backbone_dropout=recipes.backbone_dropout(method, method_options))
     if is_main_process:
         print(f"{recipes.canonical_method(method)} on {loaded_task.name} ({loaded_task.description})")
         print(f"model: {model_path}")

@@ -292,8 +292,11 @@ def save_adapter_with_task(model, directory: Path, task_info: dict[str, Any]) ->
         model.task_info = task_info
         model.save_pretrained(directory)
     else:
+        from peftkit.peft_model import save_peft_options
+
         model.save_pretrained(directory)
         atomic_write_json(Path(directory) / TASK_INFO_FILE, task_info)
+        save_peft_options(model, directory)  # the fast path (backbone_dropout), which PEFT's config cannot hold
 
 
 def load_adapter(adapter_dir: str | os.PathLike, model: str | None = None, task_info: dict[str, Any] | None = None):

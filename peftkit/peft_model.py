@@ -30,7 +30,14 @@ from peftkit.errors import AdaptedModelError, AdapterFileError, AdapterMismatchE
 from peftkit.files import atomic_write, atomic_write_json
 from peftkit.methods.base import MethodAdapter, MethodConfig
 from peftkit.methods.registry import get_method, method_names, spec_for_config
-from peftkit.models import backbone_identity, check_backbone_identity, encoder_layers, head_module_names
+from peftkit.models import (
+    BackboneDropoutOff,
+    backbone_dropout_sites,
+    backbone_identity,
+    check_backbone_identity,
+    encoder_layers,
+    head_module_names,
+)
 from peftkit.models.backbones import without_checkpoint_wrappers
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -58,23 +65,68 @@ def _uncompiled(model: nn.Module) -> nn.Module:
     return model
 
 
-def get_peft_model(model: nn.Module, config, tokenizer=None):
+def get_peft_model(model: nn.Module, config, tokenizer=None, *, backbone_dropout: bool | None = None):
     """Wrap ``model`` with a peftkit method, or with PEFT's own for a PEFT config.
 
     A ``torch.compile``-d model is unwrapped first (the method attaches to the original module);
-    compile the returned model instead.
+    compile the returned model instead. ``backbone_dropout=False`` is the frozen-backbone fast
+    path (the backbone without its own dropout; the method's and the head's dropout stay): for
+    a peftkit method it sets the config's ``backbone_dropout`` field, for PEFT's methods (LoRA,
+    whose config has no such field) it is applied here and recorded by peftkit's save
+    (``save_peft_options``) in ``peftkit_options.json`` beside the adapter. None = the config's.
+    PEFT's own ``unload()`` does not know of it: on a PEFT model call
+    ``model.peftkit_backbone_dropout_off.restore()`` first to get the pretrained dropout back.
 
-    Raises AdaptedModelError when ``model`` already carries an adapter (peftkit's or PEFT's).
+    Raises AdaptedModelError when ``model`` already carries an adapter (peftkit's or PEFT's), and
+    MethodConfigError for ``backbone_dropout`` on a method that trains the backbone (full).
     """
     refuse_adapted_model(model)
     if _is_peft_config(config):
-        return peft.get_peft_model(model, config)
+        dropout_sites = backbone_dropout_sites(_uncompiled(model))  # before PEFT adds lora_dropout
+        wrapped = peft.get_peft_model(model, config)
+        if backbone_dropout is False:
+            setattr(wrapped, PEFT_BACKBONE_DROPOUT_OFF, BackboneDropoutOff(dropout_sites))
+        return wrapped
     if not isinstance(config, MethodConfig):
         raise MethodConfigError(
             f"get_peft_model needs a method config such as peftkit.PastaConfig() or "
             f"peft.LoraConfig(...), not {type(config).__name__}."
         )
+    if backbone_dropout is not None:
+        config = type(config).from_dict({**config.to_dict(), "backbone_dropout": backbone_dropout})
     return PeftModel(model, config, tokenizer=tokenizer)
+
+
+# peftkit's options for a PEFT adapter, whose config has no field for them: written beside it
+# by save_peft_options, read back by PeftModel.from_pretrained. Plain PEFT ignores the file.
+PEFT_OPTIONS_NAME = "peftkit_options.json"
+# Where a PEFT model keeps its BackboneDropoutOff (the fast path), so the save can record it.
+PEFT_BACKBONE_DROPOUT_OFF = "peftkit_backbone_dropout_off"
+
+
+def save_peft_options(model: nn.Module, directory: str | os.PathLike) -> None:
+    """Record, beside a PEFT adapter, the peftkit options it was trained with (backbone_dropout)."""
+    backbone_dropout = getattr(model, PEFT_BACKBONE_DROPOUT_OFF, None) is None
+    atomic_write_json(Path(directory) / PEFT_OPTIONS_NAME, {"backbone_dropout": backbone_dropout})
+
+
+def read_peft_options(directory: str | os.PathLike) -> dict[str, Any]:
+    """The options save_peft_options recorded ({} for an adapter saved by plain PEFT).
+
+    Raises AdapterFileError for a file that is not {"backbone_dropout": true/false}."""
+    path = Path(directory) / PEFT_OPTIONS_NAME
+    if not path.is_file():
+        return {}
+    try:
+        options = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterFileError(f"{path} is corrupt ({error}); delete it (the adapter then runs its backbone's dropout as pretrained) or retrain.") from None
+    if not isinstance(options, dict) or not isinstance(options.get("backbone_dropout", True), bool):
+        raise AdapterFileError(
+            f"{path} must be a JSON object like {{\"backbone_dropout\": false}}, not {options!r}; "
+            "correct it, or delete it to run the backbone's dropout as pretrained."
+        )
+    return options
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -494,7 +546,12 @@ class PeftModel(peft.PeftModel):
         record = read_adapter_config(model_id)
         if "peftkit_method" not in record and record.get("peft_type") in peft_method_types():
             refuse_adapted_model(model)
-            return peft.PeftModel.from_pretrained(model, str(model_id), adapter_name=adapter_name, is_trainable=is_trainable, **kwargs)
+            options = read_peft_options(model_id)
+            dropout_sites = backbone_dropout_sites(model)  # before PEFT adds lora_dropout
+            loaded = peft.PeftModel.from_pretrained(model, str(model_id), adapter_name=adapter_name, is_trainable=is_trainable, **kwargs)
+            if options.get("backbone_dropout") is False:  # the fast path it was trained with
+                setattr(loaded, PEFT_BACKBONE_DROPOUT_OFF, BackboneDropoutOff(dropout_sites))
+            return loaded
         config = adapter_method_config(record, str(Path(model_id) / ADAPTER_CONFIG_NAME))
         refuse_adapted_model(model)  # before the identity check, which an adapted model may fail confusingly
         _check_task_model_class(record, model, str(model_id))
@@ -663,7 +720,12 @@ class PeftModel(peft.PeftModel):
         model.requires_grad_(False)
         for name in self.head_modules:
             getattr(model, name).requires_grad_(True)
+        dropout_sites = backbone_dropout_sites(model)  # before the method adds dropout of its own
         adapter = spec_for_config(held.config).adapter_class(model, held.config, tokenizer=tokenizer)
+        # The fast path (issue 15): the adapter is built first, so PASTA has read its dropout default.
+        self._backbone_dropout_off = (
+            None if getattr(held.config, "backbone_dropout", True) else BackboneDropoutOff(dropout_sites)
+        )
         # modules the method put into the backbone start in training mode: follow the model's
         model.train(model.training)
         adapter.train(model.training)
@@ -681,6 +743,7 @@ class PeftModel(peft.PeftModel):
         held.parked_parameters = {n: params[n] for n in held.saved_names if not n.startswith(heads)}
         held.parked_heads = {head: getattr(self.base_model, head) for head in self.head_modules}
         held.parked_labels = _label_settings(self.base_model)
+        self._restore_backbone_dropout()
         self.adapter.detach(self.base_model)
         del self.adapter
 
@@ -703,6 +766,11 @@ class PeftModel(peft.PeftModel):
             # (which an optimizer may hold) are the ones used from now on.
             owner._parameters[attribute] = parked
         held.parked_parameters = held.parked_heads = held.parked_labels = None
+
+    def _restore_backbone_dropout(self) -> None:
+        if getattr(self, "_backbone_dropout_off", None) is not None:
+            self._backbone_dropout_off.restore()
+            self._backbone_dropout_off = None
 
     def _parked_tensors(self, held: HeldAdapter) -> dict[str, nn.Parameter]:
         tensors = dict(held.parked_parameters)
@@ -753,7 +821,8 @@ class PeftModel(peft.PeftModel):
         return merged
 
     def unload(self) -> nn.Module:
-        """Remove the method and return the base model as it was."""
+        """Remove the method and return the base model as it was (its dropout too)."""
+        self._restore_backbone_dropout()
         self.adapter.detach(self.base_model)
         if self._input_grads_hook is not None:
             self._input_grads_hook.remove()

@@ -38,6 +38,16 @@ RECIPES: dict[str, dict[str, Any]] = {
     "lora-fusion": {"learning_rate": 5e-3, "epochs": 5, "batch_size": 32},
 }
 
+# The frozen-backbone fast path (issue 15) as a recipe default: methods listed here train with
+# their backbone's own dropout off (``backbone_dropout: false``) unless --method-options say
+# otherwise. Listed only where it was measured not to cost accuracy: an arm costs accuracy when
+# its mean falls below the pretrained-dropout mean by more than the larger seed std of the two
+# (benchmarks/fast_path_accuracy.py, `peftkit compare --quick`, 3 seeds, MiniLM). PASTA:
+# twitter-ner F1 0.3206 ± 0.0115 without backbone dropout against 0.2870 ± 0.0406 with it (higher
+# at every seed); bbc-news (400 articles a seed) accuracy 0.9433 ± 0.0088 against 0.9389 ± 0.0139.
+# Other methods keep the pretrained dropout until measured (results/fast_path_accuracy.md).
+BACKBONE_DROPOUT: dict[str, bool] = {"pasta": False}
+
 # Names that train a registered method with some of its options fixed: VPT's two variants.
 METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "vpt-shallow": ("vpt", {"deep": False}),
@@ -129,13 +139,33 @@ def training_config(method: str, **overrides: Any) -> TrainingConfig:
     return TrainingConfig(**values)
 
 
+def backbone_dropout(method: str, options: dict[str, Any] | None = None) -> bool | None:
+    """The fast-path choice for ``method``: ``options["backbone_dropout"]`` (``--method-options``)
+    if given, else the recipe's (BACKBONE_DROPOUT), else None (the config's own default).
+
+    Raises MethodConfigError for a value that is not true/false."""
+    name = canonical_method(method)
+    value = (options or {}).get("backbone_dropout", BACKBONE_DROPOUT.get(name))
+    if value is not None and not isinstance(value, bool):
+        raise MethodConfigError(
+            f"backbone_dropout must be true or false, not {value!r}: false runs the frozen backbone "
+            "without its own dropout (the fast path), true as pretrained."
+        )
+    return value
+
+
 def build_method_config(method: str, model, task_info: dict[str, Any], options: dict[str, Any] | None = None):
     """The config that adapts ``model`` to a task: a peftkit MethodConfig from the registry, or
-    a ``peft.LoraConfig`` for "lora". ``options`` are the method's own fields (``--method-options``)."""
+    a ``peft.LoraConfig`` for "lora". ``options`` are the method's own fields (``--method-options``);
+    for LoRA, ``backbone_dropout`` is not PEFT's and goes to ``get_peft_model`` instead
+    (``backbone_dropout(method, options)``)."""
     options = dict(options or {})
     name = canonical_method(method)
     if name == "lora":
+        options.pop("backbone_dropout", None)
         return _lora_config(model, task_info, options)
+    if name in BACKBONE_DROPOUT and "backbone_dropout" not in options:
+        options["backbone_dropout"] = BACKBONE_DROPOUT[name]
     if method.lower() in METHOD_VARIANTS:
         options = {**METHOD_VARIANTS[method.lower()][1], **options}
     spec = get_method(name)

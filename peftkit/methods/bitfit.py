@@ -22,6 +22,9 @@ from peftkit.models.backbones import backbone
 class BitFitConfig(MethodConfig):
     method_name = "bitfit"
 
+    backbone_dropout: bool = True
+    """False = the frozen backbone runs without its own dropout (hidden, attention, embeddings): the fast path."""
+
 
 class BitFitAdapter(MethodAdapter):
     """Unfreezes the backbone's biases; owns no parameters of its own."""

@@ -7,16 +7,34 @@ model; weights shared by tying (input/output embeddings) are saved once.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from torch import nn
 
+from peftkit.errors import MethodConfigError
 from peftkit.methods.base import MethodAdapter, MethodConfig
 from peftkit.methods.registry import register_method
+
+BACKBONE_DROPOUT_NOT_FROZEN = (
+    "backbone_dropout (the frozen-backbone fast path) does not apply to full fine-tuning: it trains "
+    "the backbone, whose dropout then regularises trained weights. Drop the option for --method full, "
+    "or use a method that freezes the backbone (pasta, lora, wegeft, bitfit, linear, lora-fusion)."
+)
 
 
 @dataclasses.dataclass
 class FullFinetuneConfig(MethodConfig):
     method_name = "full"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "FullFinetuneConfig":
+        """As MethodConfig's, with a specific refusal of ``backbone_dropout`` (the fast path).
+
+        Raises:
+            MethodConfigError: ``backbone_dropout`` given: full fine-tuning trains the backbone."""
+        if "backbone_dropout" in values:
+            raise MethodConfigError(BACKBONE_DROPOUT_NOT_FROZEN)
+        return super().from_dict(values)
 
 
 class FullFinetuneAdapter(MethodAdapter):

@@ -20,6 +20,9 @@ from peftkit.models import head_module_names
 class LinearProbeConfig(MethodConfig):
     method_name = "linear"
 
+    backbone_dropout: bool = True
+    """False = the frozen backbone runs without its own dropout (hidden, attention, embeddings): the fast path."""
+
 
 class LinearProbeAdapter(MethodAdapter):
     """No parameters and no hooks: the head is all that trains."""

@@ -81,6 +81,8 @@ class LoraFusionConfig(MethodConfig):
     """Treat ‖W0 + ΔW‖_col as a constant in backward, as PEFT's DoRA does (DoRA paper §4.3)."""
     pool_sha256: list[str] | None = None
     """SHA-256 of each pool weights file; filled in when the adapter is created, checked on load."""
+    backbone_dropout: bool = True
+    """False = the frozen backbone runs without its own dropout (hidden, attention, embeddings): the fast path."""
 
 
 @dataclasses.dataclass

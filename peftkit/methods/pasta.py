@@ -73,6 +73,8 @@ class PastaConfig(MethodConfig):
     """"zeros" (step 0 = frozen model) or "normal" (the official normal(0, 0.02))."""
     layers: list[int] | None = None
     """Indices of the layers to adapt; None = every layer."""
+    backbone_dropout: bool = True
+    """False = the frozen backbone runs without its own dropout (hidden, attention, embeddings): the fast path."""
 
 
 def resolve_special_token_ids(model: nn.Module, config: PastaConfig, tokenizer=None) -> list[int]:

@@ -63,6 +63,8 @@ class VptConfig(MethodConfig):
     """Dropout on the prompt vectors; None = the paper's default, 0.1 for deep and 0.0 for shallow."""
     init: str = "uniform"
     """"uniform": U(±sqrt(6/(3·patch_h·patch_w + hidden))) as the official code; "zeros" for debugging."""
+    backbone_dropout: bool = False
+    """Always False: as the paper, the frozen backbone runs in eval mode (no dropout), also while training."""
 
 
 def _pair(value) -> tuple[int, int]:
@@ -93,6 +95,12 @@ class VptAdapter(MethodAdapter):
             raise MethodConfigError(f"VptConfig.num_prompt_tokens must be at least 1, not {config.num_prompt_tokens}.")
         if config.prompt_dropout is not None and not 0.0 <= config.prompt_dropout < 1.0:
             raise MethodConfigError(f"VptConfig.prompt_dropout must be in [0, 1), not {config.prompt_dropout}.")
+        if config.backbone_dropout:
+            raise MethodConfigError(
+                "VptConfig.backbone_dropout=True cannot apply: VPT runs its frozen backbone in eval mode "
+                "(no dropout) while the prompts train, as the paper and the official code do. Drop the "
+                "option; only the prompts' own dropout is VPT's to set (prompt_dropout)."
+            )
 
         layers = encoder_layers(model)
         self.num_leading_tokens = sum(getattr(embeddings, name, None) is not None for name in LEADING_TOKENS[model_type])

@@ -67,6 +67,8 @@ class WeGeFTConfig(MethodConfig):
     """Suffixes of the nn.Linear names to adapt, e.g. ["query", "value"]; None = the family's default."""
     share_across_layers: bool = True
     """One (φ, ψ) pair per module type shared by every layer (the paper's); False = one per module."""
+    backbone_dropout: bool = True
+    """False = the frozen backbone runs without its own dropout (hidden, attention, embeddings): the fast path."""
 
 
 def default_target_modules(model: nn.Module) -> list[str]:

@@ -1,7 +1,9 @@
 """What peftkit knows about backbones: where the layers are, which ids are special."""
 
 from peftkit.models.backbones import (
+    BackboneDropoutOff,
     LayerPreHooks,
+    backbone_dropout_sites,
     backbone_identity,
     check_backbone_identity,
     encoder_layers,
@@ -12,7 +14,9 @@ from peftkit.models.backbones import (
 )
 
 __all__ = [
+    "BackboneDropoutOff",
     "LayerPreHooks",
+    "backbone_dropout_sites",
     "backbone_identity",
     "check_backbone_identity",
     "encoder_layers",

@@ -125,6 +125,44 @@ def hidden_dropout_prob(model: nn.Module) -> float:
     return 0.0
 
 
+def backbone_dropout_sites(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every dropout probability of the backbone, as (module, attribute name) pairs.
+
+    Two kinds, because transformers keeps both: ``nn.Dropout`` modules (hidden states,
+    embeddings, attention probabilities; BERT, RoBERTa, ELECTRA and DistilBERT hand
+    ``self.dropout.p`` to scaled-dot-product attention) and plain float attributes whose name
+    says dropout (ViT's and Llama's ``attention_dropout``, the ``dropout_p`` they pass to SDPA).
+    Only modules under ``backbone(model)``: the task head's dropout (BERT's classifier dropout
+    sits beside the backbone, ``model.dropout``) is the head's. Call it on the model before a
+    method adds modules of its own (LoRA's, WeGeFT's dropout), so theirs are not among them."""
+    sites: list[tuple[nn.Module, str]] = []
+    for module in backbone(model).modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            sites.append((module, "p"))
+            continue
+        sites += [(module, name) for name, value in vars(module).items()
+                  if "dropout" in name.lower() and isinstance(value, float)]
+    return sites
+
+
+class BackboneDropoutOff:
+    """The frozen backbone's dropout probabilities set to 0 until ``restore()``.
+
+    With p = 0 a training-mode forward of the backbone draws no dropout masks and
+    scaled-dot-product attention gets ``dropout_p=0.0``, so it may take its memory-efficient or
+    flash kernel instead of the one that materialises every attention map (issue 15)."""
+
+    def __init__(self, sites: list[tuple[nn.Module, str]]):
+        self._saved = [(module, name, getattr(module, name)) for module, name in sites]
+        for module, name, _ in self._saved:
+            setattr(module, name, 0.0)
+
+    def restore(self) -> None:
+        for module, name, value in self._saved:
+            setattr(module, name, value)
+        self._saved = []
+
+
 def special_token_ids_from_config(config) -> list[int]:
     """[CLS]/[SEP]-like ids a model config declares (RoBERTa's bos/eos), in that order."""
     ids: list[int] = []

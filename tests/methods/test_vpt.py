@@ -54,7 +54,8 @@ def capture_layer_inputs(model) -> tuple[list[torch.Tensor], list]:
 def test_vpt_is_registered_and_exported():
     assert peftkit.get_method("vpt").config_class is VptConfig
     assert peftkit.VptConfig is VptConfig
-    assert VptConfig().to_dict() == {"num_prompt_tokens": 10, "deep": False, "prompt_dropout": None, "init": "uniform"}
+    assert VptConfig().to_dict() == {"num_prompt_tokens": 10, "deep": False, "prompt_dropout": None, "init": "uniform",
+                                    "backbone_dropout": False}
 
 
 @pytest.mark.parametrize("deep", [False, True])
