@@ -25,7 +25,7 @@ seed, so a cut run keeps what it measured). Kernels are cached per seed in
 The defaults are the measured run, cut far below the intended 16 articles per class, 200
 evaluation articles, 64 tokens and two learning rates (``--shots 16 --eval 200 --max-length 64
 --learning-rates 1e-4,1e-3 --finetune-steps 40``): on the shared 2-core machine one LoRA gradient
-of SmolLM2 (five label words, five backward passes) took 15-20 s of wall time at load 11-14, so
+of SmolLM2 (five label words, five backward passes) took 15-20 s of wall time at load 11-14 (48 tokens), so
 that setting would have needed hours. On an idle core a gradient at 64 tokens takes about 1.6 s.
 """
 
@@ -130,7 +130,8 @@ def render(record: dict) -> tuple[str, object]:
         lines.append(f"| {run['seed']} | {run['kernel_seconds']:.0f} | {run['gradient_passes']} | {finetunes} | "
                      f"{run['load_before'][0]:.1f} → {run['load_after'][0]:.1f} |")
     processes = record.get("processes", 1)
-    lines += ["", f"Wall time {record['seconds'] / 60:.1f} min" + (f" ({processes} processes side by side, seeds split)." if processes > 1 else "."), ""]
+    lines += ["", (f"Longest of {processes} processes (seeds split between them, run side by side): " if processes > 1 else "Wall time ")
+              + f"{record['seconds'] / 60:.1f} min.", ""]
     if record.get("discussion"):
         lines += [record["discussion"].rstrip(), ""]
 

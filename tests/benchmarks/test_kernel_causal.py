@@ -53,7 +53,7 @@ def test_seeds_run_apart_and_merge_into_one_report(tmp_path, monkeypatch):
     record = json.loads((merged / f"{harness.STEM}.json").read_text())
     assert [run["seed"] for run in record["runs"]] == [0, 1] and record["processes"] == 2
     report = (merged / f"{harness.STEM}.md").read_text()
-    assert "| LoRA fine-tuning, Adam lr 0.01 |" in report and "2 processes side by side" in report
+    assert "| LoRA fine-tuning, Adam lr 0.01 |" in report and "Longest of 2 processes" in report
     assert "| kernel, SGD (least squares on y − f0, + f0) |" in report
     assert (merged / f"{harness.STEM}.png").read_bytes()[:4] == b"\x89PNG"
 
