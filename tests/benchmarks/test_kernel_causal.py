@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,18 +28,21 @@ def load_harness():
     return module
 
 
-def run(harness, monkeypatch, *args: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["kernel_causal.py", *args])
-    harness.main()
+def run(*args: str) -> None:
+    """The script in its own process, as it is run: loading bbc-news and a model here would raise this
+    process's peak RSS, which the in-process speed_memory tests that follow measure growth against."""
+    finished = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+    if finished.returncode:
+        raise SystemExit(finished.stderr.strip().splitlines()[-1])
 
 
-def test_seeds_run_apart_and_merge_into_one_report(tmp_path, monkeypatch):
+def test_seeds_run_apart_and_merge_into_one_report(tmp_path):
     harness = load_harness()
     model_dir = str(save_tiny_causal_lm(tmp_path / "lm"))
     common = ["--model", model_dir, "--shots", "2", "--eval", "6", "--max-length", "24", "--finetune-steps", "2",
               "--learning-rates", "1e-3,1e-2", "--label-words", WORDS, "--cache", str(tmp_path / "cache")]
-    run(harness, monkeypatch, *common, "--seeds", "0", "--output", str(tmp_path / "a"))
-    run(harness, monkeypatch, *common, "--seeds", "1", "--output", str(tmp_path / "b"))
+    run(*common, "--seeds", "0", "--output", str(tmp_path / "a"))
+    run(*common, "--seeds", "1", "--output", str(tmp_path / "b"))
     first = json.loads((tmp_path / "a" / f"{harness.STEM}.json").read_text())
     (seed0,) = first["runs"]
     assert seed0["seed"] == 0 and (seed0["num_train"], seed0["num_eval"]) == (10, 6)
@@ -48,7 +52,7 @@ def test_seeds_run_apart_and_merge_into_one_report(tmp_path, monkeypatch):
         assert 0.0 <= seed0[key] <= 1.0
 
     merged = tmp_path / "merged"
-    run(harness, monkeypatch, "--render", str(tmp_path / "b" / f"{harness.STEM}.json"),
+    run("--render", str(tmp_path / "b" / f"{harness.STEM}.json"),
         str(tmp_path / "a" / f"{harness.STEM}.json"), "--output", str(merged))
     record = json.loads((merged / f"{harness.STEM}.json").read_text())
     assert [run["seed"] for run in record["runs"]] == [0, 1] and record["processes"] == 2
@@ -61,5 +65,5 @@ def test_seeds_run_apart_and_merge_into_one_report(tmp_path, monkeypatch):
     other["settings"]["max_length"] = 99
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="different settings"):
-        run(harness, monkeypatch, "--render", str(tmp_path / "other.json"), str(tmp_path / "b" / f"{harness.STEM}.json"),
+        run("--render", str(tmp_path / "other.json"), str(tmp_path / "b" / f"{harness.STEM}.json"),
             "--output", str(merged))
