@@ -118,8 +118,8 @@ def test_ratios_and_target_verdicts_follow_the_measurements(report):
     # a tiny model cannot amortise the head and config: the 1/1000 target is missed, and explained
     assert checks["adapter_size"]["met"] is False
     assert any("adapter is" in line for line in report_json["missed_target_analysis"])
-    for check in checks.values():
-        assert check["met"] == (check["value"] <= check["threshold"])
+    for check in checks.values():  # no RSS growth in-process (see above): no ratio, so "not measured"
+        assert check["met"] == (None if check["value"] is None else check["value"] <= check["threshold"])
 
 
 def test_one_measurement_runs_in_a_fresh_process():
