@@ -92,7 +92,7 @@ LORA_TARGET_MODULES: dict[str, list[str]] = {
 }
 LORA_DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1}
 
-_PEFT_TASK_TYPES = {"text-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS"}
+_PEFT_TASK_TYPES = {"text-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS", "causal-lm": "CAUSAL_LM"}
 
 
 def canonical_method(method: str) -> str:
@@ -175,6 +175,13 @@ def build_method_config(method: str, model, task_info: dict[str, Any], options: 
     return spec.config_class.from_dict(options)
 
 
+def causal_lm_lora_config(model, options: dict[str, Any] | None = None):
+    """PEFT's LoRA on a causal LM's attention projections (``LORA_TARGET_MODULES`` by model_type,
+    q_proj/v_proj for Llama), task type CAUSAL_LM, and no ``modules_to_save``: the label words are
+    still read by the pretrained LM head, which stays frozen. ``options`` override LoraConfig fields."""
+    return _lora_config(model, {"kind": "causal-lm"}, dict(options or {}))
+
+
 def _lora_config(model, task_info: dict[str, Any], options: dict[str, Any]):
     from peft import LoraConfig
 
@@ -187,7 +194,14 @@ def _lora_config(model, task_info: dict[str, Any], options: dict[str, Any]):
                 "e.g. --method-options '{\"target_modules\": [\"query\", \"value\"]}'."
             )
         values["target_modules"] = list(LORA_TARGET_MODULES[model_type])
-    values["modules_to_save"] = head_module_names(model) or None
+    causal = task_info.get("kind") == "causal-lm"
+    if causal and options.get("modules_to_save"):
+        raise MethodConfigError(
+            "LoRA on a causal LM scores through the pretrained LM head, so nothing may be copied as a "
+            f"new head; drop modules_to_save ({options['modules_to_save']}) from the method options."
+        )
+    # A causal LM keeps its pretrained output layer: no head is new, so none is saved beside LoRA.
+    values["modules_to_save"] = None if causal else head_module_names(model) or None
     values["task_type"] = _PEFT_TASK_TYPES.get(task_info.get("kind"))
     values.update(options)
     try:

