@@ -43,6 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+QUICK_DIR = Path(__file__).resolve().parent / ".cache" / "quick"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET = 1.03  # PASTA forward / plain forward, eval mode
 NUM_LABELS = 5
@@ -256,9 +257,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--budget", type=float, default=150, help="seconds for all timed pairs together (default 150)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    parser.add_argument("--quick", action="store_true", help="bert-tiny, batch 1 and 4, sequence 32, a few seconds")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--quick", action="store_true", help="bert-tiny, batch 1 and 4, sequence 32, a few seconds; "
+                        "written to benchmarks/.cache/quick (not results/)")
+    parser.add_argument("--output-dir", type=Path, default=None, help="default: benchmarks/results (--quick: benchmarks/.cache/quick)")
     args = parser.parse_args(argv)
+    if args.output_dir is None:  # a smoke run never overwrites the published results
+        args.output_dir = QUICK_DIR if args.quick else RESULTS_DIR
     if args.quick:
         args.models, args.batch_sizes, args.seq_len, args.budget = "bert-tiny", "1,4", 32, 4
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -40,6 +40,7 @@ from typing import Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+QUICK_DIR = Path(__file__).resolve().parent / ".cache" / "quick"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 METHODS = ("pasta", "lora", "wegeft", "bitfit", "linear", "full", "prompt-tuning", "p-tuning", "prefix-tuning", "ia3")
 # Hugging Face PEFT's own methods: configs from peft, applied by peft.get_peft_model, never rewritten.
@@ -1056,11 +1057,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: per model and shape)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: per model and shape)")
     parser.add_argument("--threads", type=int, default=core_count(), help="torch threads in every run (default: cores)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: batch 8 x 64, 1 warm-up + 1 timed step")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--max-other-cpu", type=float, default=0.3,
+    parser.add_argument("--quick", action="store_true", help="smoke run: batch 8 x 64, 1 warm-up + 1 timed step, "
+                        "no waiting for an idle machine, written to benchmarks/.cache/quick (not results/)")
+    parser.add_argument("--output-dir", type=Path, default=None, help="default: benchmarks/results (--quick: benchmarks/.cache/quick)")
+    parser.add_argument("--max-other-cpu", type=float, default=None,
                         help="shared machine: wait until other processes use fewer cores than this before each "
-                        "run, and measure again when they used more during it (negative: never wait)")
+                        "run, and measure again when they used more during it (negative: never wait; default "
+                        "0.3, --quick -1)")
     parser.add_argument("--max-wait", type=float, default=600, help="longest wait for an idle machine per run (s)")
     parser.add_argument("--retries", type=int, default=2, help="extra attempts of a run disturbed by other processes")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -1072,6 +1075,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.variants = [parse_variant(v) for v in args.variants.split(";") if v.strip()]
     except VariantError as error:
         parser.error(str(error))
+    # A smoke run neither waits for an idle machine nor overwrites the published results.
+    if args.output_dir is None:
+        args.output_dir = QUICK_DIR if args.quick else RESULTS_DIR
+    if args.max_other_cpu is None:
+        args.max_other_cpu = -1.0 if args.quick else 0.3
     if args.quick:
         args.batch_size = args.batch_size or 8
         args.seq_len = args.seq_len or 64

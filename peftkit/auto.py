@@ -19,7 +19,7 @@ from torch import nn
 
 from peftkit.errors import AdapterMismatchError, BaseModelError
 from peftkit.loading import adapter_restores_head, in_hf_cache, load_base_model, read_task_info
-from peftkit.peft_model import PeftModel, read_adapter_config
+from peftkit.peft_model import PeftModel, read_adapter_config, refuse_feature_probe
 
 
 def recorded_base_path(adapter_dir: str | os.PathLike, record: dict[str, Any]) -> str:
@@ -86,6 +86,7 @@ class _AutoPeftModelBase:
         """
         adapter_dir = pretrained_model_name_or_path
         record = read_adapter_config(adapter_dir)
+        refuse_feature_probe(record, str(adapter_dir))
         task_info = read_task_info(adapter_dir)
         kind = cls._check_kind(adapter_dir, record, task_info)
         is_peftkit = "peftkit_method" in record

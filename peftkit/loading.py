@@ -310,12 +310,9 @@ def load_adapter(adapter_dir: str | os.PathLike, model: str | None = None, task_
         )
     from peftkit.peft_model import read_adapter_config
 
-    if read_adapter_config(adapter_dir).get("peft_type") == "FEATURE_PROBE":
-        raise AdapterFileError(
-            f"{adapter_dir} is a frozen-feature probe (a logistic regression on pooled features), not an adapter "
-            "that sits in the backbone: `peftkit eval` and `peftkit predict --text` run it; serving and batch "
-            "prediction take adapters only. Train an adapter method (e.g. --method pasta) to serve."
-        )
+    from peftkit.peft_model import refuse_feature_probe
+
+    refuse_feature_probe(read_adapter_config(adapter_dir), str(adapter_dir))
     model_path = resolve_model_path(model or base_model_of(adapter_dir))
     base = load_base_model(model_path, task_info, head_restored=adapter_restores_head(read_adapter_config(adapter_dir)))
     processor = load_processor(model_path, task_info["kind"], base.config)

@@ -72,8 +72,9 @@ def get_peft_model(model: nn.Module, config, tokenizer=None, *, backbone_dropout
     compile the returned model instead. ``backbone_dropout=False`` is the frozen-backbone fast
     path (the backbone without its own dropout; the method's and the head's dropout stay): for
     a peftkit method it sets the config's ``backbone_dropout`` field, for PEFT's methods (LoRA,
-    whose config has no such field) it is applied here and recorded by peftkit's save
-    (``save_peft_options``) in ``peftkit_options.json`` beside the adapter. None = the config's.
+    whose config has no such field) it is applied here and recorded in ``peftkit_options.json``
+    beside the adapter by the returned model's ``save_pretrained`` and by peftkit's save
+    (``save_peft_options``). None = the config's.
     PEFT's own ``unload()`` does not know of it: on a PEFT model call
     ``model.peftkit_backbone_dropout_off.restore()`` first to get the pretrained dropout back.
 
@@ -86,6 +87,7 @@ def get_peft_model(model: nn.Module, config, tokenizer=None, *, backbone_dropout
         wrapped = peft.get_peft_model(model, config)
         if backbone_dropout is False:
             setattr(wrapped, PEFT_BACKBONE_DROPOUT_OFF, BackboneDropoutOff(dropout_sites))
+            _record_options_on_save(wrapped)
         return wrapped
     if not isinstance(config, MethodConfig):
         raise MethodConfigError(
@@ -102,6 +104,19 @@ def get_peft_model(model: nn.Module, config, tokenizer=None, *, backbone_dropout
 PEFT_OPTIONS_NAME = "peftkit_options.json"
 # Where a PEFT model keeps its BackboneDropoutOff (the fast path), so the save can record it.
 PEFT_BACKBONE_DROPOUT_OFF = "peftkit_backbone_dropout_off"
+
+
+def _record_options_on_save(wrapped: nn.Module) -> None:
+    """Make this PEFT model's own ``save_pretrained`` also write ``peftkit_options.json``, so an
+    adapter saved from Python (not only through peftkit's training) reloads with its fast path."""
+    peft_save = wrapped.save_pretrained
+
+    def save_pretrained(save_directory, *args, **kwargs):
+        peft_save(save_directory, *args, **kwargs)
+        save_peft_options(wrapped, save_directory)
+
+    save_pretrained.__doc__ = peft_save.__doc__
+    wrapped.save_pretrained = save_pretrained
 
 
 def save_peft_options(model: nn.Module, directory: str | os.PathLike) -> None:
@@ -179,6 +194,17 @@ def peft_method_types() -> set[str]:
     return {member.value for member in peft.PeftType}
 
 
+def refuse_feature_probe(record: dict[str, Any], where: str) -> None:
+    """Raise AdapterFileError when ``record`` (an adapter_config.json) is a frozen-feature probe's."""
+    if record.get("peft_type") == "FEATURE_PROBE":  # training.feature_probe.FEATURE_PROBE_PEFT_TYPE
+        raise AdapterFileError(
+            f"{where} is a frozen-feature probe (a logistic regression on pooled features), not an adapter "
+            "that sits in the backbone: `peftkit eval` and `peftkit predict --text` run it; loading it onto a "
+            "model, serving and batch prediction take adapters only. Train an adapter method (e.g. --method "
+            "pasta) for those."
+        )
+
+
 def adapter_method_config(record: dict[str, Any], where: str) -> MethodConfig:
     """The peftkit method config an adapter_config.json record describes, checked field by field.
 
@@ -187,6 +213,7 @@ def adapter_method_config(record: dict[str, Any], where: str) -> MethodConfig:
             unknown or not a string, or a method field of the wrong type; the message names the
             file, the field and the fix.
     """
+    refuse_feature_probe(record, where)
     method = record.get("peftkit_method")
     if method is None:
         peft_type = record.get("peft_type")

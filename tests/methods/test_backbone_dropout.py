@@ -172,6 +172,18 @@ def test_adapters_saved_before_the_option_keep_the_pretrained_dropout(tmp_path):
     assert set(probabilities(backbone_dropout_sites(fresh))) == {0.1}
 
 
+def test_peft_lora_saved_from_python_reloads_with_the_fast_path(tmp_path):
+    """get_peft_model(..., LoraConfig, backbone_dropout=False).save_pretrained() (PEFT's own save,
+    not peftkit's training) used to drop the choice: the reload ran the backbone's dropout."""
+    wrapped = peftkit.get_peft_model(make_tiny_model("bert"), lora_config(), backbone_dropout=False)
+    wrapped.save_pretrained(str(tmp_path))
+    assert json.loads((tmp_path / "peftkit_options.json").read_text()) == {"backbone_dropout": False}
+    fresh = make_tiny_model("bert")
+    sites = backbone_dropout_sites(fresh)
+    peftkit.PeftModel.from_pretrained(fresh, tmp_path)
+    assert set(probabilities(sites)) == {0.0}
+
+
 def test_peft_lora_records_the_choice_beside_its_adapter_and_plain_peft_still_loads_it(tmp_path):
     wrapped = peftkit.get_peft_model(make_tiny_model("bert"), lora_config(), backbone_dropout=False)
     save_adapter_with_task(wrapped, tmp_path, {"kind": "text-classification", "label_names": ["a", "b", "c"]})

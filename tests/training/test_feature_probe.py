@@ -126,6 +126,15 @@ def test_eval_and_predict_run_the_saved_probe(model_dir, reviews, tmp_path, sing
     # Serving and batch prediction load adapters that sit in the backbone; this one is refused by name.
     with pytest.raises(AdapterFileError, match="frozen-feature probe.*peftkit eval"):
         load_adapter(output)
+    # ... and so is every other way of loading it as an adapter (serve's, Python's, AutoPeftModel's)
+    import peftkit
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    with pytest.raises(AdapterFileError, match="frozen-feature probe.*peftkit eval"):
+        peftkit.PeftModel.from_pretrained(base, str(output))
+    with pytest.raises(AdapterFileError, match="frozen-feature probe.*peftkit eval"):
+        peftkit.AutoPeftModelForSequenceClassification.from_pretrained(str(output))
 
 
 def test_token_classification_reads_the_first_sub_token_of_each_word(model_dir, tmp_path, single_torch_thread):
