@@ -176,6 +176,21 @@ def test_a_json_list_value_of_a_list_flag_gives_its_items():
     assert normalise_argv(["serve", "--adapter", "a=x", "--adapter", "[b=y"]) == ["serve", '--adapter=["a=x", "[b=y"]']
 
 
+def test_every_command_flag_has_help_text():
+    """A docstring docstring_parser cannot read (a bare \\n in it, say) leaves every flag of
+    `--help` without its description; each command's Args must describe each parameter."""
+    import inspect
+
+    import docstring_parser
+
+    from peftkit.cli import COMMANDS
+
+    for name, command in COMMANDS.items():
+        described = {p.arg_name for p in docstring_parser.parse(command.__doc__ or "").params if p.description}
+        missing = [p for p in inspect.signature(command).parameters if p not in described]
+        assert not missing, f"peftkit {name}: no help for {missing}"
+
+
 def test_help_shows_dashed_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])

@@ -199,7 +199,12 @@ def format_cost_table(reports: list[dict[str, Any]]) -> str:
 
 
 def cost_command(adapter_dir: str, merged: bool = False) -> dict[str, Any]:
-    """``peftkit cost DIR [--merged]``: print the cost table of one adapter and return its report."""
+    """``peftkit cost DIR [--merged]``: print the cost table of one adapter and return its report.
+
+    Args:
+        adapter_dir: An adapter directory (adapter_config.json + adapter_model.safetensors).
+        merged: Also count what a task switch rewrites when the adapter is merged into the weights.
+    """
     report = cost_report(adapter_dir, merged=merged)
     print(format_cost_table([report]))
     for note in report["notes"]:

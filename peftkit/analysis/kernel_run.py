@@ -448,7 +448,7 @@ def kernel_command(
         formulation: prompt (masked-LM head and label words), causal (a causal LM's next-token logits of the label
             words after the ICL template; default model SmolLM2-135M-Instruct) or cls (classification head).
         parameters: all, no-embeddings, biases or trainable (default: trainable with a method, else all).
-        template: Prompt template, e.g. "{sentence} It was [MASK]." or, causal, "Text: {text}\nCategory: {label}" (default: per task).
+        template: Prompt template, e.g. "{sentence} It was [MASK]." or, causal, "Text: {text}\\nCategory: {label}" (default: per task).
         label_words: One word per label for the prompt formulation (default: the label names).
         solver: logistic, lstsq or svm (default: lstsq for the causal formulation, whose kernels the
             logistic solver underfits — 0.45-0.70 training accuracy on 20 bbc-news articles in
