@@ -81,3 +81,16 @@ def ensure_output_dir(path: str | os.PathLike, *, overwrite: bool = False, resum
         )
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def recorded_peft_type(directory: str | os.PathLike) -> str | None:
+    """The ``peft_type`` of ``directory``'s adapter_config.json; None when there is no such file or
+    it is unreadable (the callers only ask "is this an ICL / feature-probe directory?")."""
+    path = Path(directory) / "adapter_config.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record.get("peft_type") if isinstance(record, dict) else None

@@ -41,7 +41,12 @@ import torch
 from tqdm.auto import tqdm
 
 from peftkit.errors import AdapterFileError, AdapterMismatchError, DataError
-from peftkit.files import atomic_write, atomic_write_json, ensure_output_dir
+from peftkit.files import (
+    atomic_write,
+    atomic_write_json,
+    ensure_output_dir,
+    recorded_peft_type,
+)
 from peftkit.methods.feature_probe import (
     FIRST_SUBTOKEN,
     FeatureProbeConfig,
@@ -58,13 +63,7 @@ DEV_PLOT = "dev_score_vs_c.png"
 
 
 def is_feature_probe_directory(directory: str | Path) -> bool:
-    path = Path(directory) / "adapter_config.json"
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("peft_type") == FEATURE_PROBE_PEFT_TYPE
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
+    return recorded_peft_type(directory) == FEATURE_PROBE_PEFT_TYPE
 
 
 # -- features, once ---------------------------------------------------------------------------------

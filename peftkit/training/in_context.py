@@ -28,7 +28,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from peftkit.errors import AdapterFileError, DataError, MethodConfigError
-from peftkit.files import atomic_write, atomic_write_json, ensure_output_dir
+from peftkit.files import (
+    atomic_write,
+    atomic_write_json,
+    ensure_output_dir,
+    recorded_peft_type,
+)
 from peftkit.methods.icl import IclConfig, InContextClassifier, default_label_words
 
 ICL_PEFT_TYPE = "ICL"
@@ -36,13 +41,7 @@ ACCURACY_PLOT = "accuracy_vs_k.png"
 
 
 def is_icl_directory(directory: str | Path) -> bool:
-    path = Path(directory) / "adapter_config.json"
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("peft_type") == ICL_PEFT_TYPE
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
+    return recorded_peft_type(directory) == ICL_PEFT_TYPE
 
 
 def parse_shots(shots: str | Sequence[int] | None) -> list[int]:
