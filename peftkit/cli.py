@@ -126,7 +126,7 @@ def train_command(
         activation_checkpointing: Recompute layer activations in backward to save memory.
         icl_shots: For icl: also measure accuracy at these numbers of demonstrations, e.g. 0,1,2,4,8.
         optimizer: adamw, or sgd (momentum 0.9, as VPT's paper).
-        early_stopping_patience: Stop after this many epochs without a better validation (or dev) score.
+        early_stopping_patience: Stop after this many epochs in which neither the validation (or dev) score nor its loss improved.
         dev_fraction: Hold this share of the training data out as a dev split to pick the best epoch
             and stop early on; the validation split is then scored once, at the end ("reported_metrics").
     """
