@@ -114,11 +114,9 @@ class _AutoPeftModelBase:
         else:
             model = load_base_model(base_path, {**task_info, "kind": kind}, model_class=cls._model_class(record, kind),
                                     head_restored=adapter_restores_head(record), **kwargs)
-        if is_peftkit:
-            return PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable, adapter_name=adapter_name)
-        import peft
-
-        return peft.PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable)
+        # PEFT's adapters too: peftkit's from_pretrained hands them to PEFT after checking the
+        # backbone they record and restoring the fast path (peftkit_options.json).
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable, adapter_name=adapter_name)
 
     @classmethod
     def _check_kind(cls, adapter_dir, record: dict[str, Any], task_info: dict[str, Any]) -> str | None:

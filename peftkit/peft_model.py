@@ -84,10 +84,12 @@ def get_peft_model(model: nn.Module, config, tokenizer=None, *, backbone_dropout
     refuse_adapted_model(model)
     if _is_peft_config(config):
         dropout_sites = backbone_dropout_sites(_uncompiled(model))  # before PEFT adds lora_dropout
+        identity = _identity_or_none(_uncompiled(model))  # before PEFT's layers join the backbone's parameters
         wrapped = peft.get_peft_model(model, config)
+        setattr(wrapped, PEFT_BASE_MODEL_IDENTITY, identity)
         if backbone_dropout is False:
             setattr(wrapped, PEFT_BACKBONE_DROPOUT_OFF, BackboneDropoutOff(dropout_sites))
-            _record_options_on_save(wrapped)
+        _record_options_on_save(wrapped)
         return wrapped
     if not isinstance(config, MethodConfig):
         raise MethodConfigError(
@@ -104,11 +106,15 @@ def get_peft_model(model: nn.Module, config, tokenizer=None, *, backbone_dropout
 PEFT_OPTIONS_NAME = "peftkit_options.json"
 # Where a PEFT model keeps its BackboneDropoutOff (the fast path), so the save can record it.
 PEFT_BACKBONE_DROPOUT_OFF = "peftkit_backbone_dropout_off"
+# Where a PEFT model keeps the identity of the backbone it was made for (models.backbone_identity,
+# taken before PEFT wrapped it), recorded beside the adapter and checked on load as for peftkit's.
+PEFT_BASE_MODEL_IDENTITY = "peftkit_base_model_identity"
 
 
 def _record_options_on_save(wrapped: nn.Module) -> None:
     """Make this PEFT model's own ``save_pretrained`` also write ``peftkit_options.json``, so an
-    adapter saved from Python (not only through peftkit's training) reloads with its fast path."""
+    adapter saved from Python (not only through peftkit's training) reloads with its fast path and
+    its backbone checked."""
     peft_save = wrapped.save_pretrained
 
     def save_pretrained(save_directory, *args, **kwargs):
@@ -120,9 +126,12 @@ def _record_options_on_save(wrapped: nn.Module) -> None:
 
 
 def save_peft_options(model: nn.Module, directory: str | os.PathLike) -> None:
-    """Record, beside a PEFT adapter, the peftkit options it was trained with (backbone_dropout)."""
-    backbone_dropout = getattr(model, PEFT_BACKBONE_DROPOUT_OFF, None) is None
-    atomic_write_json(Path(directory) / PEFT_OPTIONS_NAME, {"backbone_dropout": backbone_dropout})
+    """Record, beside a PEFT adapter, the peftkit options it was trained with (backbone_dropout)
+    and, when known, the identity of its backbone (``base_model_identity``)."""
+    options: dict[str, Any] = {"backbone_dropout": getattr(model, PEFT_BACKBONE_DROPOUT_OFF, None) is None}
+    if getattr(model, PEFT_BASE_MODEL_IDENTITY, None):
+        options["base_model_identity"] = getattr(model, PEFT_BASE_MODEL_IDENTITY)
+    atomic_write_json(Path(directory) / PEFT_OPTIONS_NAME, options)
 
 
 def read_peft_options(directory: str | os.PathLike) -> dict[str, Any]:
@@ -136,6 +145,12 @@ def read_peft_options(directory: str | os.PathLike) -> dict[str, Any]:
         options = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterFileError(f"{path} is corrupt ({error}); delete it (the adapter then runs its backbone's dropout as pretrained) or retrain.") from None
+    if isinstance(options, dict) and not isinstance(options.get("base_model_identity", {}), dict):
+        raise AdapterFileError(
+            f"{path}: base_model_identity must be a JSON object (what save_pretrained recorded of the "
+            f"backbone), not {options['base_model_identity']!r}; delete that field (the backbone is then "
+            "not checked) or save the adapter again."
+        )
     if not isinstance(options, dict) or not isinstance(options.get("backbone_dropout", True), bool):
         raise AdapterFileError(
             f"{path} must be a JSON object like {{\"backbone_dropout\": false}}, not {options!r}; "
@@ -574,8 +589,11 @@ class PeftModel(peft.PeftModel):
         if "peftkit_method" not in record and record.get("peft_type") in peft_method_types():
             refuse_adapted_model(model)
             options = read_peft_options(model_id)
+            if options.get("base_model_identity"):  # recorded by peftkit's save; plain PEFT records only a name
+                check_backbone_identity(options["base_model_identity"], model, where=str(model_id))
             dropout_sites = backbone_dropout_sites(model)  # before PEFT adds lora_dropout
             loaded = peft.PeftModel.from_pretrained(model, str(model_id), adapter_name=adapter_name, is_trainable=is_trainable, **kwargs)
+            setattr(loaded, PEFT_BASE_MODEL_IDENTITY, options.get("base_model_identity"))  # kept if saved again
             if options.get("backbone_dropout") is False:  # the fast path it was trained with
                 setattr(loaded, PEFT_BACKBONE_DROPOUT_OFF, BackboneDropoutOff(dropout_sites))
             return loaded

@@ -36,6 +36,20 @@ RECIPES: dict[str, dict[str, Any]] = {
     "vpt": {"learning_rate": 5e-3, "epochs": 5, "batch_size": 32},
     # LoRAFusion: Adam, 0.02 for the fusion coefficients, 0.005 for the magnitudes; one rate here.
     "lora-fusion": {"learning_rate": 5e-3, "epochs": 5, "batch_size": 32},
+    # PEFT's own methods, passed through. Their sources train without a new head or for thousands
+    # of steps: IA3's paper (Liu et al., NeurIPS 2022) at 3e-3 with Adafactor, the head being the
+    # LM's own; prompt tuning's (Lester et al., EMNLP 2021) at 0.3 with Adafactor for 30,000 steps;
+    # PEFT's sequence-classification examples (roberta-large, MRPC, 20 epochs, AdamW) at 3e-4 for
+    # IA3 and 1e-3 for prompt tuning and P-tuning. Here a new head trains at the same rate within
+    # a few dozen steps, as for LoRA above. Sanity check (MiniLM, `peftkit train --max-train-examples
+    # 320 --epochs 1`: 10 steps, validation accuracy, majority class 0.232): IA3 3e-3 → 0.232,
+    # 3e-2 → 0.852; prompt tuning 3e-2 → 0.782; P-tuning 1e-2 → 0.232. Prefix tuning cannot run
+    # under transformers 5 (refuse_unfit_method); its entry mirrors P-tuning's, unmeasured. The
+    # prompt methods' sources train far longer than LoRA's, hence 8 epochs (not measured here).
+    "ia3": {"learning_rate": 3e-2, "epochs": 5, "batch_size": 32},
+    "prompt-tuning": {"learning_rate": 3e-2, "epochs": 8, "batch_size": 32},
+    "p-tuning": {"learning_rate": 3e-2, "epochs": 8, "batch_size": 32},
+    "prefix-tuning": {"learning_rate": 3e-2, "epochs": 8, "batch_size": 32},
 }
 
 # The frozen-backbone fast path (issue 15) as a recipe default: methods listed here train with
@@ -71,6 +85,12 @@ SELECTION_GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {
         "quick": {"learning_rate": [2e-3, 1e-2]},
     },
     "lora-fusion": {"full": {"learning_rate": [2e-3, 5e-3, 2e-2]}, "quick": {"learning_rate": [5e-3, 2e-2]}},
+    # PEFT's methods (RECIPES above): IA3's grid reaches down to its paper's 3e-3, prompt tuning's
+    # up to its paper's 0.3 (Adafactor there, AdamW here).
+    "ia3": {"full": {"learning_rate": [3e-3, 1e-2, 3e-2]}, "quick": {"learning_rate": [1e-2, 3e-2]}},
+    "prompt-tuning": {"full": {"learning_rate": [3e-2, 1e-1, 3e-1]}, "quick": {"learning_rate": [3e-2, 1e-1]}},
+    "p-tuning": {"full": {"learning_rate": [1e-2, 3e-2, 1e-1]}, "quick": {"learning_rate": [3e-2, 1e-1]}},
+    "prefix-tuning": {"full": {"learning_rate": [1e-2, 3e-2, 1e-1]}, "quick": {"learning_rate": [3e-2, 1e-1]}},
 }
 
 # Attention projections LoRA adapts by default, per transformers model_type (query and value,
@@ -91,13 +111,31 @@ LORA_TARGET_MODULES: dict[str, list[str]] = {
     "qwen2": ["q_proj", "v_proj"],
 }
 LORA_DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1}
+# Virtual tokens of prompt tuning, P-tuning and prefix tuning: 20, as PEFT's sequence-classification
+# examples (prompt tuning's paper finds 20 near its best; benchmarks/speed_memory.py uses the same).
+NUM_VIRTUAL_TOKENS = 20
+
+# Hugging Face PEFT's own methods, passed through to ``peft.get_peft_model`` (never rewritten): the
+# PEFT config class of each and peftkit's defaults for it; --method-options override any field.
+# IA3's target/feedforward modules are PEFT's own defaults for the model type; P-tuning's prompt
+# encoder is PEFT's MLP, 128 wide as in PEFT's P-tuning guide.
+PEFT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lora": ("LoraConfig", LORA_DEFAULTS),
+    "ia3": ("IA3Config", {}),
+    "prompt-tuning": ("PromptTuningConfig", {"num_virtual_tokens": NUM_VIRTUAL_TOKENS}),
+    "p-tuning": ("PromptEncoderConfig", {"num_virtual_tokens": NUM_VIRTUAL_TOKENS, "encoder_hidden_size": 128}),
+    "prefix-tuning": ("PrefixTuningConfig", {"num_virtual_tokens": NUM_VIRTUAL_TOKENS}),
+}
+# Those that put virtual tokens in the sequence (PEFT's "prompt learning").
+PROMPT_LEARNING_METHODS = ("prompt-tuning", "p-tuning", "prefix-tuning")
 
 _PEFT_TASK_TYPES = {"text-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS", "causal-lm": "CAUSAL_LM"}
 
 
 def canonical_method(method: str) -> str:
-    """The registry name of ``method`` ("PASTA", "linear_probe", "vpt-deep" → ...), "lora" or "icl"."""
-    if method.lower() in ("lora", "icl", "feature-probe"):  # PEFT's own, in-context learning and the frozen-feature probe have no adapter class
+    """The registry name of ``method`` ("PASTA", "linear_probe", "vpt-deep" → ...), a PEFT method's
+    ("lora", "ia3", "prompt-tuning", ...), "icl" or "feature-probe"."""
+    if method.lower() in (*PEFT_METHODS, "icl", "feature-probe"):  # PEFT's own, in-context learning and the frozen-feature probe have no adapter class
         return method.lower()
     if method.lower() in METHOD_VARIANTS:
         return METHOD_VARIANTS[method.lower()][0]
@@ -105,7 +143,7 @@ def canonical_method(method: str) -> str:
         return get_method(method).name
     except MethodConfigError:
         raise MethodConfigError(
-            f"unknown method {method!r}; peftkit trains {', '.join(sorted({*method_names(), 'lora', 'icl', 'feature-probe'}))}."
+            f"unknown method {method!r}; peftkit trains {', '.join(sorted({*method_names(), *PEFT_METHODS, 'icl', 'feature-probe'}))}."
         ) from None
 
 
@@ -156,14 +194,19 @@ def backbone_dropout(method: str, options: dict[str, Any] | None = None) -> bool
 
 def build_method_config(method: str, model, task_info: dict[str, Any], options: dict[str, Any] | None = None):
     """The config that adapts ``model`` to a task: a peftkit MethodConfig from the registry, or
-    a ``peft.LoraConfig`` for "lora". ``options`` are the method's own fields (``--method-options``);
-    for LoRA, ``backbone_dropout`` is not PEFT's and goes to ``get_peft_model`` instead
-    (``backbone_dropout(method, options)``)."""
+    PEFT's own config for a PEFT method (``PEFT_METHODS``: ``peft.LoraConfig`` for "lora", ...).
+    ``options`` are the method's own fields (``--method-options``); for PEFT's methods,
+    ``backbone_dropout`` is not PEFT's and goes to ``get_peft_model`` instead
+    (``backbone_dropout(method, options)``).
+
+    Raises MethodConfigError for options the method refuses and for a method that cannot work on
+    this model or task (``refuse_unfit_method``)."""
     options = dict(options or {})
     name = canonical_method(method)
-    if name == "lora":
+    if name in PEFT_METHODS:
         options.pop("backbone_dropout", None)
-        return _lora_config(model, task_info, options)
+        refuse_unfit_method(name, getattr(model, "config", None), task_info.get("kind"))
+        return _peft_config(name, model, task_info, options)
     if name in BACKBONE_DROPOUT and "backbone_dropout" not in options:
         options["backbone_dropout"] = BACKBONE_DROPOUT[name]
     if method.lower() in METHOD_VARIANTS:
@@ -179,32 +222,144 @@ def causal_lm_lora_config(model, options: dict[str, Any] | None = None):
     """PEFT's LoRA on a causal LM's attention projections (``LORA_TARGET_MODULES`` by model_type,
     q_proj/v_proj for Llama), task type CAUSAL_LM, and no ``modules_to_save``: the label words are
     still read by the pretrained LM head, which stays frozen. ``options`` override LoraConfig fields."""
-    return _lora_config(model, {"kind": "causal-lm"}, dict(options or {}))
+    return _peft_config("lora", model, {"kind": "causal-lm"}, dict(options or {}))
 
 
-def _lora_config(model, task_info: dict[str, Any], options: dict[str, Any]):
-    from peft import LoraConfig
+def refuse_unfit_method(method: str, model_config, kind: str | None) -> None:
+    """Refuse, before anything trains, a PEFT method that cannot work on this backbone or task kind.
 
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    values: dict[str, Any] = dict(LORA_DEFAULTS)
-    if "target_modules" not in options:
+    Only the config is read (no weights), so `peftkit compare` checks every method up front.
+    ``model_config`` is a transformers config (None: backbone checks skipped); ``kind`` a task kind.
+
+    Raises:
+        MethodConfigError: prompt tuning, P-tuning or prefix tuning on images (PEFT's virtual
+            tokens are word embeddings); prompt tuning or P-tuning on token classification (PEFT
+            0.21 prepends the virtual tokens to the input but not to the tags, so the logits have
+            ``num_virtual_tokens`` more positions than the labels: the loss fails and predictions
+            would shift); prefix tuning on a backbone whose forward takes no ``past_key_values``
+            (PEFT 0.21 passes the prefixes that way; transformers 5 renamed it ``cache`` in every
+            model family peftkit knows, so today prefix tuning is refused on all of them).
+    """
+    name = canonical_method(method)
+    if name not in PROMPT_LEARNING_METHODS:
+        return
+    if kind == "image-classification":
+        raise MethodConfigError(
+            f"{name} cannot adapt an image model: PEFT's virtual tokens are word embeddings put before "
+            "the input ids, and a vision model has none. Use vpt-shallow or vpt-deep (visual prompt "
+            "tuning: prompts after [CLS] in the patch sequence), or lora."
+        )
+    if kind == "token-classification" and name != "prefix-tuning":
+        raise MethodConfigError(
+            f"{name} cannot train token classification: PEFT 0.21 prepends its virtual tokens to the "
+            "input but not to the tags, so the model returns more logits than there are labels (the "
+            "loss fails, and every predicted tag would be shifted). Use pasta, lora or ia3 for "
+            "token classification."
+        )
+    if name == "prefix-tuning" and model_config is not None and not _takes_past_key_values(model_config, kind):
+        import transformers
+
+        raise MethodConfigError(
+            f"prefix-tuning cannot adapt a {model_config.model_type!r} model: PEFT 0.21 hands the "
+            "prefixes to the backbone as `past_key_values`, and this model's forward takes no such "
+            f"argument under transformers {transformers.__version__} (transformers 5 renamed it `cache`, in "
+            "BERT-family encoders and decoders alike). Use prompt-tuning or p-tuning (virtual tokens at "
+            "the input), or ia3 or lora; prefix tuning returns when PEFT follows the rename."
+        )
+
+
+def _takes_past_key_values(model_config, kind: str | None) -> bool:
+    """Whether PEFT's prefix tuning finds ``past_key_values`` in the task model's forward or in
+    its backbone's (PEFT's ``_prefix_tuning_forward`` tries both); True when the classes are unknown."""
+    import inspect
+
+    import transformers
+
+    from peftkit.data import auto_model_class
+
+    classes = []
+    for auto in (auto_model_class(kind or "text-classification"), transformers.AutoModel):
+        model_class = auto._model_mapping.get(type(model_config), None) if hasattr(auto, "_model_mapping") else None
+        if model_class is None:
+            return True  # not a model transformers' Auto classes know: let PEFT decide
+        classes.append(model_class)
+    return any("past_key_values" in inspect.signature(model_class.forward).parameters for model_class in classes)
+
+
+def _peft_config(name: str, model, task_info: dict[str, Any], options: dict[str, Any]):
+    """PEFT's config for the PEFT method ``name``: peftkit's defaults (``PEFT_METHODS``), the
+    model's task head in ``modules_to_save`` and the task type, then ``options`` over them."""
+    import peft
+
+    config_name, defaults = PEFT_METHODS[name]
+    config_class = getattr(peft, config_name)
+    model_config = getattr(model, "config", None)
+    model_type = getattr(model_config, "model_type", None)
+    values: dict[str, Any] = dict(defaults)
+    if name == "lora" and "target_modules" not in options:
         if model_type not in LORA_TARGET_MODULES:
             raise MethodConfigError(
                 f"LoRA has no default target modules for model_type {model_type!r}; give them, "
                 "e.g. --method-options '{\"target_modules\": [\"query\", \"value\"]}'."
             )
         values["target_modules"] = list(LORA_TARGET_MODULES[model_type])
+    if name == "ia3" and not {"target_modules", "feedforward_modules"} <= set(options):
+        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as PEFT_FEEDFORWARD
+        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+        if model_type not in PEFT_TARGETS or model_type not in PEFT_FEEDFORWARD:
+            raise MethodConfigError(
+                f"PEFT has no default IA3 modules for model_type {model_type!r}; give the layers IA3 "
+                "scales and which of them are feed-forward (scaled at their input), e.g. --method-options "
+                "'{\"target_modules\": [\"key\", \"value\", \"output.dense\"], \"feedforward_modules\": [\"output.dense\"]}'."
+            )
+        # PEFT's own defaults, written into the config so the adapter records what it scaled.
+        values.setdefault("target_modules", list(PEFT_TARGETS[model_type]))
+        values.setdefault("feedforward_modules", list(PEFT_FEEDFORWARD[model_type]))
+    if name in PROMPT_LEARNING_METHODS and model_config is not None:
+        # PEFT reads these from config.to_dict() under BERT's names only (DistilBERT calls them
+        # dim/n_layers/n_heads, which transformers' attribute map resolves), and takes hidden_size
+        # for the virtual tokens' width: wrong for ELECTRA, whose word embeddings are narrower than
+        # its layers. Prompt/P-tuning tokens join the word embeddings; prefixes are keys/values.
+        from peftkit.models import hidden_size
+
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        values["token_dim"] = (embeddings.embedding_dim if name != "prefix-tuning" and embeddings is not None
+                               else hidden_size(model))
+        for field in ("num_layers", "num_attention_heads"):
+            value = getattr(model_config, "num_hidden_layers" if field == "num_layers" else field, None)
+            if value is not None:
+                values[field] = value
     causal = task_info.get("kind") == "causal-lm"
     if causal and options.get("modules_to_save"):
         raise MethodConfigError(
-            "LoRA on a causal LM scores through the pretrained LM head, so nothing may be copied as a "
+            f"{name} on a causal LM scores through the pretrained LM head, so nothing may be copied as a "
             f"new head; drop modules_to_save ({options['modules_to_save']}) from the method options."
         )
-    # A causal LM keeps its pretrained output layer: no head is new, so none is saved beside LoRA.
+    # A causal LM keeps its pretrained output layer: no head is new, so none is saved beside the method.
     values["modules_to_save"] = None if causal else head_module_names(model) or None
     values["task_type"] = _PEFT_TASK_TYPES.get(task_info.get("kind"))
     values.update(options)
     try:
-        return LoraConfig(**values)
+        config = config_class(**values)
     except (TypeError, ValueError) as error:
-        raise MethodConfigError(f"bad LoRA options {options}: {error}") from None
+        label = {"lora": "LoRA", "ia3": "IA3"}.get(name, name)
+        raise MethodConfigError(f"bad {label} options {options} ({config_class.__name__}): {error}") from None
+    _refuse_sequences_past_the_positions(name, config, model_config, task_info)
+    return config
+
+
+def _refuse_sequences_past_the_positions(name: str, config, model_config, task_info: dict[str, Any]) -> None:
+    """Prompt tuning and P-tuning lengthen every row by their virtual tokens: a task whose rows
+    already fill the model's position embeddings would fail inside the embedding lookup."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    max_length = task_info.get("max_length")
+    if name not in ("prompt-tuning", "p-tuning") or not positions or not max_length:
+        return
+    if max_length + config.num_virtual_tokens > positions:
+        raise MethodConfigError(
+            f"{name} puts {config.num_virtual_tokens} virtual tokens before every row, and rows of up to "
+            f"{max_length} tokens then exceed the model's {positions} positions; pass --max-length "
+            f"{positions - config.num_virtual_tokens} or fewer, or fewer tokens with --method-options "
+            f"'{{\"num_virtual_tokens\": {positions - max_length}}}'."
+        )

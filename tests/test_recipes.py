@@ -138,3 +138,63 @@ def test_every_method_has_a_small_selection_grid_around_its_recipe():
         assert min(rates) <= recipe(method)["learning_rate"] * 1.01 and max(rates) >= recipe(method)["learning_rate"] / 1.01
     # VPT's prompt length is chosen too, as the paper does per task
     assert [options["num_prompt_tokens"] for options in selection_grid("vpt-deep")["method_options"]] == [5, 20]
+
+
+PEFT_PASSTHROUGH = ("ia3", "prompt-tuning", "p-tuning", "prefix-tuning")
+
+
+def test_pefts_methods_are_method_names_with_recipes_and_grids():
+    assert set(PEFT_PASSTHROUGH) <= set(RECIPES) & set(SELECTION_GRIDS)
+    for name in PEFT_PASSTHROUGH:
+        assert canonical_method(name.upper()) == name
+    # prompt tuning wants a far larger rate than LoRA (its paper: 0.3); IA3's grid keeps its paper's 3e-3
+    assert recipe("prompt-tuning")["learning_rate"] >= 3e-2 and max(selection_grid("prompt-tuning")["learning_rate"]) >= 0.3
+    assert 3e-3 in selection_grid("ia3")["learning_rate"]
+
+
+@pytest.mark.parametrize(("method", "config_class"), [("ia3", peft.IA3Config), ("prompt-tuning", peft.PromptTuningConfig),
+                                                      ("p-tuning", peft.PromptEncoderConfig)])
+def test_pefts_configs_save_the_head_and_take_overrides(method, config_class):
+    config = build_method_config(method, make_tiny_model(), SINGLE, {"backbone_dropout": False})
+    assert type(config) is config_class and config.task_type == "SEQ_CLS" and config.modules_to_save == ["classifier"]
+    with pytest.raises(MethodConfigError, match=f"bad {'IA3' if method == 'ia3' else method} options"):
+        build_method_config(method, make_tiny_model(), SINGLE, {"no_such_field": 1})
+
+
+def test_prefix_tuning_is_refused_where_the_backbone_takes_no_past_key_values():
+    for family in ("bert", "roberta"):
+        with pytest.raises(MethodConfigError, match="past_key_values.*Use prompt-tuning or p-tuning"):
+            build_method_config("prefix-tuning", make_tiny_model(family), SINGLE, {})
+    from transformers import PretrainedConfig
+
+    from peftkit.recipes import refuse_unfit_method
+
+    refuse_unfit_method("prefix-tuning", PretrainedConfig(), "text-classification")  # a class transformers does not know: PEFT decides
+
+
+def test_prompt_tuning_and_p_tuning_refuse_token_classification_and_images():
+    model = make_tiny_model(token_classification=True)
+    for method in ("prompt-tuning", "p-tuning"):
+        with pytest.raises(MethodConfigError, match="virtual tokens to the input but not to the tags.*pasta, lora or ia3"):
+            build_method_config(method, model, TOKENS, {})
+    image = {"kind": "image-classification", "label_names": ["a", "b"]}
+    for method in ("prompt-tuning", "p-tuning", "prefix-tuning"):
+        with pytest.raises(MethodConfigError, match="cannot adapt an image model.*vpt-shallow or vpt-deep"):
+            build_method_config(method, None, image, {})
+
+
+def test_ia3_without_pefts_defaults_for_the_model_type_asks_for_its_modules():
+    model = make_tiny_model("distilbert")
+    with pytest.raises(MethodConfigError, match="no default IA3 modules for model_type 'distilbert'.*feedforward_modules"):
+        build_method_config("ia3", model, SINGLE, {})
+    config = build_method_config("ia3", model, SINGLE, {"target_modules": ["k_lin", "v_lin", "lin2"], "feedforward_modules": ["lin2"]})
+    adapted = peftkit.get_peft_model(model, config)
+    assert {name.split(".ia3_l")[0].rsplit(".", 1)[-1] for name, _ in adapted.named_parameters() if "ia3_l" in name} == {"k_lin", "v_lin", "lin2"}
+
+
+def test_virtual_tokens_that_would_run_past_the_position_embeddings_are_refused():
+    model = make_tiny_model()  # 64 positions
+    with pytest.raises(MethodConfigError, match="exceed the model's 64 positions; pass --max-length 44 or fewer"):
+        build_method_config("prompt-tuning", model, {**SINGLE, "max_length": 50}, {})
+    assert build_method_config("p-tuning", model, {**SINGLE, "max_length": 50}, {"num_virtual_tokens": 14}).num_virtual_tokens == 14
+    assert build_method_config("ia3", model, {**SINGLE, "max_length": 64}, {}).peft_type == "IA3"  # IA3 adds no tokens

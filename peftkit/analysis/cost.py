@@ -31,7 +31,7 @@ from torch import nn
 from peftkit.errors import AdapterFileError
 from peftkit.methods.registry import get_method
 from peftkit.models.backbones import backbone
-from peftkit.peft_model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PeftModel, read_adapter_config
+from peftkit.peft_model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PeftModel, read_adapter_config, read_peft_options
 
 
 def stored_tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
@@ -135,11 +135,15 @@ def cost_report(adapter_dir: str | os.PathLike, merged: bool = False, model: nn.
                 record, model if model is not None else build_base_model(record))
     else:  # a PEFT directory (LoRA and friends)
         peft_type = str(record.get("peft_type", "unknown")).lower()
-        head_keys = {key for key in shapes if "lora_" not in key}  # modules_to_save: the task head
+        # modules_to_save (the task head) are stored under their module's own name, the method's
+        # tensors (lora_A, ia3_l, prompt_embeddings, ...) under the module they adapt or none.
+        heads = tuple(f".{head}." for head in record.get("modules_to_save") or ())
+        head_keys = {key for key in shapes if any(head in f".{key.removeprefix('base_model.model.')}" for head in heads)}
         backbone_keys = set()
         mergeable, rewrites = peft_type == "lora", False
         report.update(method=peft_type, format="peft")
-        backbone_parameters = None
+        # peftkit's save records the backbone beside PEFT's files (peftkit_options.json)
+        backbone_parameters = read_peft_options(directory).get("base_model_identity", {}).get("num_parameters")
         rewritten = rewritten_tensors = 0
         if merged and mergeable:
             rewritten = _merged_peft_lora_weights(shapes)

@@ -44,7 +44,8 @@ from peftkit.errors import TrainingError
 from peftkit.files import atomic_write_json, atomic_write_text, ensure_output_dir
 from peftkit.training.selection import grid_points, select_and_repeat
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "peftkit_task.json")
+# What a task's adapter is on disk (peftkit_task.json and peftkit_options.json: beside PEFT's files).
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "peftkit_task.json", "peftkit_options.json")
 SELECTION_FILE = "selection.json"
 TEXT_METHODS = "pasta,lora,wegeft,bitfit,feature-probe,full"
 IMAGE_METHODS = "vpt-shallow,vpt-deep,linear,full,lora,wegeft"
@@ -430,6 +431,26 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _refuse_unfit_methods(names: list[str], model: str | None, kind: str) -> None:
+    """Refuse now, not after the other methods trained, a PEFT method that cannot work on this
+    backbone or task kind (``recipes.refuse_unfit_method``: only the model's config is read)."""
+    from peftkit import recipes
+    from peftkit.loading import resolve_model_path
+
+    if not any(recipes.canonical_method(name) in recipes.PROMPT_LEARNING_METHODS for name in names):
+        return
+    for name in names:  # the task kind first: an image task's default backbone need not be built for it
+        recipes.refuse_unfit_method(name, None, kind)
+    from transformers import AutoConfig
+
+    try:
+        model_config = AutoConfig.from_pretrained(resolve_model_path(model, kind))
+    except (OSError, ValueError):
+        model_config = None  # `peftkit train` reports what is wrong with the model; the kind is still checked
+    for name in names:
+        recipes.refuse_unfit_method(name, model_config, kind)
+
+
 def compare_command(
     methods: str | None = None,
     model: str | None = None,
@@ -455,7 +476,8 @@ def compare_command(
 
     Args:
         methods: Comma-separated methods (pasta, lora, wegeft, bitfit, feature-probe, linear, full, vpt-shallow,
-            vpt-deep, lora-fusion, icl); default: pasta, lora, wegeft, bitfit, feature-probe and full, or
+            vpt-deep, lora-fusion, icl, and PEFT's ia3, prompt-tuning, p-tuning, prefix-tuning passed through);
+            default: pasta, lora, wegeft, bitfit, feature-probe and full, or
             VPT-Shallow, VPT-Deep, linear, full, LoRA and WeGeFT on an image task.
         model: Local model directory (default: the shipped MiniLM, or for an image task the default image backbone).
         task: Builtin task or data path, as for `peftkit train`.
@@ -490,6 +512,7 @@ def compare_command(
         recipes.canonical_method(name)  # an unknown name fails now, not after the others trained
     if overwrite and resume:
         raise TrainingError("--overwrite starts the comparison again and --resume continues it; give one of them.")
+    _refuse_unfit_methods(names, model, kind)
     seeds = (2 if quick else 3) if seeds is None else seeds
     if seeds < 1:
         raise TrainingError(f"--seeds must be at least 1, not {seeds}.")

@@ -142,3 +142,22 @@ def test_table_and_command_print_the_figures(tmp_path, capsys):
 def test_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(peftkit.errors.AdapterFileError, match="not an adapter directory"):
         cost_report(tmp_path)
+
+
+@pytest.mark.parametrize(("method", "own"), [
+    # per layer: key and value scale their 32 outputs; PEFT's "output.dense" matches both the
+    # attention output (32 inputs) and the FFN output (64 inputs), scaled at their inputs
+    ("ia3", 2 * (32 + 32 + 32 + 64)),
+    ("prompt-tuning", 20 * 32),  # 20 virtual tokens of the embeddings' width
+])
+def test_peft_methods_count_their_own_tensors_apart_from_the_head(method, own, tmp_path):
+    from peftkit import recipes
+
+    model = tiny()
+    config = recipes.build_method_config(method, model, {"kind": "text-classification"}, {})
+    peftkit.get_peft_model(model, config).save_pretrained(str(tmp_path / method))  # peftkit records the backbone beside it
+    report = cost_report(tmp_path / method)
+    assert report["method"] == method.replace("-", "_") and report["format"] == "peft"
+    assert (report["method_parameters"], report["head_parameters"]) == (own, HEAD)
+    assert report["backbone_parameters"] == BACKBONE
+    assert report["trainable_percent"] == pytest.approx(100 * (own + HEAD) / BACKBONE)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import peft
+import pytest
 import torch
 
 import peftkit
@@ -55,3 +58,15 @@ def test_saved_adapter_loads_in_plain_peft_and_through_peftkit(tmp_path):
     routed = peftkit.PeftModel.from_pretrained(make_tiny_model("bert"), tmp_path)
     assert isinstance(routed, peft.PeftModel)
     assert torch.equal(routed(**batch).logits, expected)
+
+
+def test_a_lora_adapter_for_another_backbone_is_refused_by_name(tmp_path):
+    """Plain PEFT loads LoRA onto any backbone whose shapes fit; peftkit records the backbone's
+    fingerprint beside PEFT's files (peftkit_options.json) and checks it, as for its own adapters."""
+    from peftkit.errors import AdapterMismatchError
+
+    lora_model().save_pretrained(tmp_path)
+    assert "fingerprint" in json.loads((tmp_path / "peftkit_options.json").read_text())["base_model_identity"]
+    with pytest.raises(AdapterMismatchError, match="made for another backbone: its fingerprint"):
+        peftkit.PeftModel.from_pretrained(make_tiny_model("bert", seed=1), tmp_path)
+    peftkit.PeftModel.from_pretrained(make_tiny_model("bert"), tmp_path)  # its own backbone still loads

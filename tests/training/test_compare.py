@@ -203,3 +203,44 @@ def test_resume_reads_back_finished_runs_retrains_cut_off_ones_and_refuses_other
         compare_command(methods="linear", resume=True, **{**common, "max_length": 24})
     with pytest.raises(TrainingError, match="give one of them"):
         compare_command(methods="linear", resume=True, overwrite=True, **common)
+
+
+def test_compare_gives_pefts_methods_their_recipe_grids_and_refuses_unfit_ones_up_front(model_and_task, tmp_path, monkeypatch):
+    import peftkit.training.compare as compare_module
+    from peftkit import recipes
+
+    model_dir, task = model_and_task
+    calls = []
+    monkeypatch.setattr(compare_module, "compare", lambda names, train_args, output, **kwargs: calls.append(kwargs))
+    methods = ["ia3", "prompt-tuning", "p-tuning"]
+    for quick in (False, True):
+        compare_command(methods=",".join(methods), model=str(model_dir), task=str(task), output=str(tmp_path / "c"), quick=quick)
+        assert calls[-1]["grids"] == {name: recipes.selection_grid(name, quick) for name in methods}
+        assert calls[-1]["grids"]["prompt-tuning"]["learning_rate"] == recipes.SELECTION_GRIDS["prompt-tuning"]["quick" if quick else "full"]["learning_rate"]
+    assert calls[0]["settings"]["epochs"] == {name: recipes.recipe(name)["epochs"] for name in methods}
+
+    calls.clear()
+    with pytest.raises(MethodConfigError, match="prefix-tuning cannot adapt a 'bert' model.*past_key_values"):
+        compare_command(methods="lora,prefix-tuning", model=str(model_dir), task=str(task), output=str(tmp_path / "d"))
+    conll = tmp_path / "ner.conll"
+    conll.write_text("john\tB-PER\nlives\tO\n\nparis\tB-LOC\n")
+    with pytest.raises(MethodConfigError, match="p-tuning cannot train token classification"):
+        compare_command(methods="ia3,p-tuning", model=str(model_dir), task=str(conll), output=str(tmp_path / "e"))
+    assert not calls and not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+
+
+def test_compare_trains_pefts_methods_side_by_side(model_and_task, tmp_path):
+    from peftkit.recipes import SELECTION_GRIDS
+
+    model_dir, task = model_and_task
+    output = tmp_path / "cmp"
+    result = compare_command(methods="ia3,prompt-tuning", model=str(model_dir), task=str(task), output=str(output),
+                             epochs=1, batch_size=4, max_train_examples=None, max_length=16, quick=True, seeds=1,
+                             extra_train_args=["--max-steps", "2"])
+    rows = {row["method"]: row for row in result["rows"]}
+    assert list(rows) == ["ia3", "prompt-tuning"]
+    for method, row in rows.items():
+        assert 0 < row["trainable_parameters"] and 0.0 <= row["metric"] <= 1.0
+        kept = [run for run in result["runs"][method] if run["kept"]]
+        assert json.loads((Path(kept[0]["run_dir"]) / "adapter_config.json").read_text())["peft_type"] == {"ia3": "IA3", "prompt-tuning": "PROMPT_TUNING"}[method]
+        assert row["chosen"]["learning_rate"] in SELECTION_GRIDS[method]["quick"]["learning_rate"]
