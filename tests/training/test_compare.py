@@ -169,3 +169,37 @@ def test_compare_runs_from_a_folder_holding_a_folder_named_peftkit(model_and_tas
     monkeypatch.chdir(tmp_path / "work")
     result = compare_command(methods="linear", model=str(model_dir), task=str(task), output="cmp", quick=True, seeds=1, epochs=1)
     assert [row["method"] for row in result["rows"]] == ["linear"] and 0.0 <= result["rows"][0]["metric"] <= 1.0
+
+
+def test_resume_reads_back_finished_runs_retrains_cut_off_ones_and_refuses_other_flags(model_and_task, tmp_path):
+    model_dir, task = model_and_task
+    output = tmp_path / "cmp"
+    common = dict(model=str(model_dir), task=str(task), output=str(output), epochs=1, batch_size=4,
+                  max_train_examples=None, max_length=16, quick=True)
+    first = compare_command(methods="linear", **common)
+    linear_runs = {run["run_dir"]: run for run in first["runs"]["linear"]}
+    # A compare killed during its second method: the first method's runs finished, one of them is
+    # cut off (no metrics.json yet), and no compare.json was written.
+    (output / "compare.json").unlink()
+    cut_off = Path(first["runs"]["linear"][-1]["run_dir"])
+    (cut_off / "metrics.json").unlink()
+    stamps = {run_dir: (Path(run_dir) / "metrics.json").stat().st_mtime_ns for run_dir in linear_runs if Path(run_dir) != cut_off}
+
+    with pytest.raises(TrainingError, match="not empty"):  # without --resume an existing compare is never touched
+        compare_command(methods="linear,full", **common)
+    resumed = compare_command(methods="linear,full", resume=True, **common)
+
+    assert [row["method"] for row in resumed["rows"]] == ["linear", "full"]
+    again = {run["run_dir"]: run for run in resumed["runs"]["linear"]}
+    assert set(again) == set(linear_runs)
+    for run_dir, stamp in stamps.items():  # read back, not trained again: same file, same figures
+        assert (Path(run_dir) / "metrics.json").stat().st_mtime_ns == stamp
+        assert again[run_dir]["reported_metric"] == linear_runs[run_dir]["reported_metric"]
+    assert (cut_off / "metrics.json").is_file() and again[str(cut_off)]["reported_metric"] is not None
+    assert "finished before, read back" in (output / "linear.log").read_text()
+    assert len(resumed["runs"]["full"]) == 3 and (output / "compare.json").is_file()
+
+    with pytest.raises(TrainingError, match=r"cannot resume linear .* resume with the same flags"):
+        compare_command(methods="linear", resume=True, **{**common, "max_length": 24})
+    with pytest.raises(TrainingError, match="give one of them"):
+        compare_command(methods="linear", resume=True, overwrite=True, **common)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from peftkit.errors import TrainingError
 from peftkit.training import TrainingConfig, train
 from peftkit.training.checkpoint import TRAINABLE_FILE, find_checkpoint, read_trainer_state
-from peftkit.training.loop import EpochShuffleSampler, _concat_padded, _make_optimizer, _optimizer_groups
+from peftkit.training.loop import EpochShuffleSampler, _concat_padded, _is_better, _make_optimizer, _optimizer_groups
 from tests.training.tiny_run import accuracy, make_dataset, make_model, pad_collate, run, tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -180,6 +180,25 @@ def test_early_stopping_ends_after_patience_epochs_without_improvement_and_keeps
     again = train(make_model(), make_dataset(), make_dataset(16, seed=1), pad_collate, scripted,
                   tiny_config(epochs=6, early_stopping_patience=2), tmp_path, primary_metric="accuracy", resume=True)
     assert len(again["epochs"]) == 4  # a resumed early-stopped run is finished, not continued
+
+
+def test_a_tied_metric_with_a_lower_dev_loss_counts_as_improvement():
+    assert _is_better(0.0, 0.0, True, loss=0.4, best_loss=0.5)  # F1 stuck at 0 while the tagger learns
+    assert not _is_better(0.0, 0.0, True, loss=0.6, best_loss=0.5)
+    assert not _is_better(0.0, 0.0, True)  # no loss to break the tie: not better
+    assert not _is_better(0.5, 0.5, True, loss=float("nan"), best_loss=0.5)
+    assert _is_better(0.1, 0.2, False, loss=9.0, best_loss=0.1) and not _is_better(0.3, 0.2, False, loss=0.0, best_loss=0.1)
+
+
+def test_early_stopping_on_a_flat_metric_follows_the_dev_loss(tmp_path):
+    """An NER tagger scores F1 0 for its first epochs; the loss decides when it has stopped learning."""
+    metrics = train(make_model(), make_dataset(), make_dataset(16, seed=1), pad_collate, lambda logits, labels: {"f1": 0.0},
+                    tiny_config(epochs=8, early_stopping_patience=2, learning_rate=3e-2), tmp_path, primary_metric="f1")
+    losses = [epoch["eval_loss"] for epoch in metrics["epochs"]]
+    best = int(np.argmin(losses)) + 1  # first epoch of the lowest dev loss: the only "improvements" are loss drops
+    assert metrics["best_epoch"] == best and metrics["best_metric"] == 0.0
+    assert len(losses) > 2  # the old rule stopped every flat-metric run after epoch 3
+    assert len(losses) == (8 if not metrics["stopped_early"] else best + 2)
 
 
 def test_sgd_with_momentum_is_a_training_option(tmp_path):
