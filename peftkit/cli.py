@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from peftkit.errors import AdapterFileError, AdapterMismatchError, DataError, PeftkitError
+from peftkit.errors import AdapterFileError, AdapterMismatchError, DataError, MethodConfigError, PeftkitError
 from peftkit.loading import (
     load_adapter,
     load_base_model,
@@ -126,7 +126,7 @@ def train_command(
         activation_checkpointing: Recompute layer activations in backward to save memory.
         icl_shots: For icl: also measure accuracy at these numbers of demonstrations, e.g. 0,1,2,4,8.
         optimizer: adamw, or sgd (momentum 0.9, as VPT's paper).
-        early_stopping_patience: Stop after this many epochs without a better validation (or dev) score.
+        early_stopping_patience: Stop after this many epochs in which neither the validation (or dev) score nor its loss improved.
         dev_fraction: Hold this share of the training data out as a dev split to pick the best epoch
             and stop early on; the validation split is then scored once, at the end ("reported_metrics").
     """
@@ -572,6 +572,39 @@ def normalise_argv(argv: list[str]) -> list[str]:
     return _join_repeated_list_flags(normalised)
 
 
+def check_json_object_flags(argv: list[str]) -> None:
+    """A dict-typed flag (``--method-options``) must hold a JSON object. jsonargparse's own refusal
+    lists every type it tried; this one names the flag and shows the form it wants.
+
+    Raises MethodConfigError for a value that is not a JSON object."""
+    import json
+
+    dict_flags = {
+        parameter.name for command in COMMANDS.values() for parameter in inspect.signature(command).parameters.values()
+        if str(parameter.annotation).startswith("dict")
+    }
+    for index, argument in enumerate(argv):
+        name, equals, value = argument.removeprefix("--").partition("=")
+        if not argument.startswith("--") or name not in dict_flags:
+            continue
+        if not equals:
+            if index + 1 >= len(argv):
+                continue  # jsonargparse reports the missing value itself
+            value = argv[index + 1]
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as error:
+            parsed, problem = None, f"it is not JSON ({error.msg} at character {error.pos})"
+        else:
+            problem = None if isinstance(parsed, dict) or parsed is None else f"it is a JSON {type(parsed).__name__}, not an object"
+        if problem:
+            flag = "--" + name.replace("_", "-")
+            raise MethodConfigError(
+                f"{flag} takes a JSON object, and {value!r} is not one: {problem}. Quote it for the shell, "
+                f"e.g. {flag} '{{\"backbone_dropout\": false, \"dropout\": 0.1}}'."
+            )
+
+
 def _list_items(value: str) -> list[str]:
     """A list flag's value: a JSON list (``'["--a", "b"]'``) gives its items, anything else itself."""
     import json
@@ -644,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()
     argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
     try:
+        check_json_object_flags(argv)
         CLI(COMMANDS, args=argv, parser_class=_parser_class(), prog="peftkit",
             description="Parameter-efficient fine-tuning: train, evaluate and use adapters.")
     except PeftkitError as error:

@@ -448,3 +448,12 @@ def test_eval_and_predict_of_an_adapter_from_a_checkpoint_with_another_head_warn
         assert main(["eval", str(tmp_path / "run")]) == 0
         assert predict_command(str(tmp_path / "run"), text="the movie was great")
     assert "task head" not in caplog.text and "re-initialised" not in caplog.text
+
+
+@pytest.mark.parametrize("value, problem", [("backbone_dropout=false", "it is not JSON"), ("[1, 2]", "it is a JSON list, not an object")])
+def test_method_options_that_are_not_a_json_object_are_refused_by_name(value, problem, tmp_path, capsys):
+    for argv in (["train", "--method-options", value], ["train", f"--method-options={value}"], ["train", "--method_options", value]):
+        assert main([*argv, "--output", str(tmp_path / "out")]) == 2
+        error = capsys.readouterr().err
+        assert f"--method-options takes a JSON object, and {value!r} is not one: {problem}" in error
+        assert "Expected a <class" not in error and not (tmp_path / "out").exists()

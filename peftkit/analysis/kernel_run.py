@@ -413,6 +413,10 @@ def run_kernel(
         title=f"{task.name}: {kernel} kernel, {formulation}, {method or parameters} ({ntk.num_parameters:,} params)",
     )
     atomic_write_json(output_dir / RESULTS_FILE, results)
+    print(f"{task.name}, {kernel} kernel over {ntk.num_parameters:,} parameters ({formulation}), "
+          f"{len(train_examples)} training / {len(eval_examples)} evaluation examples: "
+          + ", ".join(f"{name} {value:.4f}" for name, value in accuracies.items()))
+    print(f"written: {output_dir / RESULTS_FILE}, {output_dir / KERNEL_FILE}, {output_dir / PLOT_FILE}")
     return results
 
 

@@ -468,7 +468,7 @@ def compare_command(
         seed: The first seed; seeds are seed, seed + 1, ...
         seeds: Runs per method at the chosen settings (default 3; 2 with --quick).
         dev_fraction: Share of the training data held out as the dev split for choosing and early stopping.
-        early_stopping_patience: Epochs without a better dev score before a run stops (None = never).
+        early_stopping_patience: Epochs in which neither the dev score nor the dev loss improved before a run stops (None = never).
         quick: A smaller budget: two-point grids, 2 seeds, at most 2 epochs.
         overwrite: Replace an existing comparison in --output.
         resume: Continue the comparison in --output: finished runs are read back, a cut-off run resumes from its checkpoint.

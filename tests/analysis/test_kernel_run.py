@@ -111,7 +111,7 @@ def test_a_trained_classification_head_is_kept(tiny_run, tmp_path, bert_tokenize
     assert any("kept" in note for note in results["notes"])
 
 
-def test_peftkit_kernel_command_runs_on_a_method_and_writes_its_results(tiny_run, tmp_path):
+def test_peftkit_kernel_command_runs_on_a_method_and_writes_its_results(tiny_run, tmp_path, capsys):
     from peftkit.cli import main
 
     model_dir, task = tiny_run
@@ -125,6 +125,9 @@ def test_peftkit_kernel_command_runs_on_a_method_and_writes_its_results(tiny_run
     assert results["solver"] == "logistic"  # the default outside the causal formulation
     assert (results["num_train"], results["num_eval"]) == (6, 4)
     assert (out / "kernel_plot.png").is_file()
+    printed = capsys.readouterr().out  # the result is on screen, not only in the JSON
+    assert f"kernel (logistic) {results['kernel_accuracy']:.4f}" in printed and "majority class" in printed
+    assert str(out / "kernel_results.json") in printed
 
 
 def test_causal_kernel_differentiates_the_function_icl_scores(tmp_path):

@@ -163,11 +163,20 @@ def test_learning_rate_follows_the_schedule(tmp_path):
     assert metrics["config"]["warmup_ratio"] == 0.25
 
 
-def test_early_stopping_ends_after_patience_epochs_without_improvement_and_keeps_the_best(tmp_path):
-    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.95])  # epochs 3 and 4 do not beat epoch 2; 0.9 is never reached
+def scripted_evaluation(monkeypatch, records):
+    """Make every evaluation of the loop return the next of ``records`` (metric and eval_loss)."""
+    from peftkit.training import loop
+
+    records = iter(records)
+    monkeypatch.setattr(loop, "_run_evaluation", lambda *args, **kwargs: dict(next(records)))
+
+
+def test_early_stopping_ends_after_patience_epochs_without_improvement_and_keeps_the_best(tmp_path, monkeypatch):
+    # epochs 3 and 4 beat neither epoch 2's accuracy nor its loss; 0.9 is never reached
+    scripted_evaluation(monkeypatch, [{"accuracy": a, "eval_loss": 1.0} for a in (0.5, 0.7, 0.6, 0.65, 0.9, 0.95)])
 
     def scripted(logits, labels):
-        return {"accuracy": next(scores)}
+        raise AssertionError("the scripted evaluation replaces metrics_fn")
 
     saved_at = []
     metrics = train(make_model(), make_dataset(), make_dataset(16, seed=1), pad_collate, scripted,
@@ -180,6 +189,17 @@ def test_early_stopping_ends_after_patience_epochs_without_improvement_and_keeps
     again = train(make_model(), make_dataset(), make_dataset(16, seed=1), pad_collate, scripted,
                   tiny_config(epochs=6, early_stopping_patience=2), tmp_path, primary_metric="accuracy", resume=True)
     assert len(again["epochs"]) == 4  # a resumed early-stopped run is finished, not continued
+
+
+def test_early_stopping_waits_while_the_dev_loss_still_falls(tmp_path, monkeypatch):
+    """A lucky first epoch (F1 0.011, then 0 while the loss falls from 2.39) must not stop a tagger."""
+    records = [(0.011, 2.39), (0.0, 0.62), (0.0, 0.28), (0.2, 0.25), (0.15, 0.26), (0.18, 0.27), (0.5, 0.1)]
+    scripted_evaluation(monkeypatch, [{"f1": f1, "eval_loss": loss} for f1, loss in records])
+    metrics = train(make_model(), make_dataset(), make_dataset(16, seed=1), pad_collate, None,
+                    tiny_config(epochs=7, early_stopping_patience=2), tmp_path, primary_metric="f1")
+    # epochs 2-3 improve only the loss, epoch 4 both; epochs 5-6 neither: stop after 6, best epoch 4
+    assert [epoch["f1"] for epoch in metrics["epochs"]] == [0.011, 0.0, 0.0, 0.2, 0.15, 0.18]
+    assert metrics["stopped_early"] and metrics["best_epoch"] == 4 and metrics["best_metric"] == 0.2
 
 
 def test_a_tied_metric_with_a_lower_dev_loss_counts_as_improvement():
