@@ -70,6 +70,13 @@ def test_a_run_with_metrics_is_not_run_again_and_others_get_compares_flags(tmp_p
     assert " ".join(pasta_recipe.COMPARE_ARGS) in joined and "--seed 1" in joined and "--epochs 8" in joined
     assert json.loads(argv[argv.index("--method-options") + 1]) == {"pooler": "mean"}
     assert argv[argv.index("--output") + 1] == str(pasta_recipe.run_dir(tmp_path, "bbc-news", "pooler-mean", 1))
+    assert "--overwrite" in argv and "--resume" not in argv
+    cut_off = pasta_recipe.run_dir(tmp_path, "bbc-news", "pooler-mean", 2)
+    (cut_off / "checkpoint").mkdir(parents=True)  # a run killed mid-way continues from its checkpoint
+    (cut_off / "metrics.json").write_text(json.dumps({"primary_metric": "accuracy", "epochs": [{}]}))  # of its epochs so far
+    assert pasta_recipe.read_metrics(tmp_path, "bbc-news", "pooler-mean", 2) is None
+    pasta_recipe.run_one(tmp_path, "bbc-news", "pooler-mean", spec, 2)
+    assert "--resume" in calls[-1] and "--overwrite" not in calls[-1]
 
 
 def test_report_gives_mean_std_over_the_seeds_run_and_a_clear_win_only_beyond_the_noise(tmp_path, monkeypatch):
