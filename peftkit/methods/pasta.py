@@ -15,7 +15,15 @@ official code (luka-group/PASTA, BERT only):
   and 3 for pairs; occurrences past the last slot (RoBERTa's ``</s></s>`` separator) share
   the last slot rather than being left out.
 * Dropout on the added vector is the model's hidden dropout (0.1 for BERT), as there.
-* Only the tables and the task head train; BERT's pretrained pooler stays frozen.
+* Only the tables and the task head train; BERT's pretrained pooler stays frozen
+  (``pooler="frozen"``, the default). Two options for sentence-embedding backbones, whose
+  pooler and [CLS] were never trained for classification (all-MiniLM-L6-v2 pools by MEAN):
+  ``pooler="trained"`` trains a copy of the pooler with the head (hidden² + hidden more
+  parameters; the backbone's own stays untouched, so adapters can still share it), and
+  ``pooler="mean"`` feeds the head the attention-masked mean of the last hidden states
+  instead of the pooler's output (no parameters beyond the classifier). Both need a head that
+  reads the backbone's pooler (BERT-style sequence classification); see
+  benchmarks/results/pasta_recipe.md for what each measured.
 
 Where we differ on purpose: positions come from each row's own input ids (the official code
 hard-codes ids 101/102 and takes the count of special tokens from the first row), so any
@@ -47,6 +55,7 @@ layer on CPU (its gather and add touch the whole hidden state twice; index_put c
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from typing import Any
 
@@ -57,6 +66,9 @@ from peftkit.errors import SpecialTokenError
 from peftkit.methods.base import MethodAdapter, MethodConfig
 from peftkit.methods.registry import register_method
 from peftkit.models import LayerPreHooks, encoder_layers, hidden_dropout_prob, hidden_size, special_token_ids_from_config
+from peftkit.models.backbones import backbone
+
+POOLERS = ("frozen", "trained", "mean")
 
 
 @dataclasses.dataclass
@@ -75,6 +87,8 @@ class PastaConfig(MethodConfig):
     """Indices of the layers to adapt; None = every layer."""
     backbone_dropout: bool = True
     """False = the frozen backbone runs without its own dropout (hidden, attention, embeddings): the fast path."""
+    pooler: str = "frozen"
+    """What the head reads: "frozen" (the paper: the pretrained pooler), "trained" (a trained copy of it), "mean" (masked mean of the last hidden states)."""
 
 
 def resolve_special_token_ids(model: nn.Module, config: PastaConfig, tokenizer=None) -> list[int]:
@@ -150,6 +164,38 @@ class PastaAdapter(MethodAdapter):
         self._hooks = LayerPreHooks(
             model, {layer: self._make_hook(table_index) for table_index, layer in enumerate(self.layer_indices)}
         )
+        self._attention_mask: torch.Tensor | None = None
+        self._pooler_hook = None if config.pooler == "frozen" else self._replace_pooler(model, config.pooler)
+
+    def _replace_pooler(self, model: nn.Module, mode: str):
+        """A forward hook on the backbone's pooler that replaces its output, (batch, hidden), with
+        a trained copy's ("trained") or with the masked mean of its input ("mean")."""
+        if mode not in POOLERS:
+            raise SpecialTokenError(f"PastaConfig.pooler must be one of {', '.join(map(repr, POOLERS))}, not {mode!r}.")
+        pooler = getattr(backbone(model), "pooler", None)
+        if not isinstance(pooler, nn.Module):
+            raise SpecialTokenError(
+                f"PastaConfig.pooler={mode!r} changes what the head reads from the backbone's pooler, but "
+                f"{type(model).__name__} has none (token classification, and RoBERTa/DistilBERT/ELECTRA/DeBERTa "
+                "heads, read the hidden states directly). Use pooler='frozen' with this model, or a BERT-style "
+                "sequence classification model (e.g. BertForSequenceClassification)."
+            )
+        if mode == "trained":
+            # A float32 copy (like the tables), so bf16/fp16 bases still train it in full precision.
+            self.trained_pooler = copy.deepcopy(pooler).float().requires_grad_(True)
+
+        def replace_pooled_output(module, args, output):
+            hidden = args[0]  # (batch, seq, hidden): the last layer's hidden states
+            if mode == "trained":
+                return self.trained_pooler(hidden.float()).to(output.dtype)
+            mask = self._attention_mask
+            if mask is None:
+                return hidden.mean(dim=1)
+            # Padding must not dilute the mean: sum over real tokens / their count (at least 1).
+            weights = mask.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)
+            return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+        return pooler.register_forward_hook(replace_pooled_output)
 
     def special_token_positions(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -192,10 +238,11 @@ class PastaAdapter(MethodAdapter):
         rows, columns, slots = self.special_token_positions(input_ids, inputs.get("attention_mask"))
         # dropout(e_l[slot]) for every layer at once: (layers, special tokens, hidden), float32
         self._positions = rows, columns, self.dropout(self.special_token_embeddings[:, slots])
+        self._attention_mask = inputs.get("attention_mask")
         try:
             yield
         finally:
-            self._positions = None
+            self._positions = self._attention_mask = None
 
     def _make_hook(self, table_index: int):
         def add_special_token_vectors(layer, args, kwargs):
@@ -221,6 +268,8 @@ class PastaAdapter(MethodAdapter):
 
     def detach(self, model: nn.Module) -> None:
         self._hooks.remove()
+        if self._pooler_hook is not None:
+            self._pooler_hook.remove()
 
 
 register_method(PastaConfig, PastaAdapter)

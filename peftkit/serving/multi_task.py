@@ -227,6 +227,12 @@ def _load_pasta_task(name, directory, record, backbone, tokenizer, model_class) 
             "(per-row special-token tables) and LoRA adapters (PEFT's per-row adapter_names). Other "
             "methods change weights every row shares: serve them with one PeftModel per task."
         )
+    if config.pooler != "frozen":  # the mixed batch reads the shared backbone's pretrained pooler
+        raise AdapterMismatchError(
+            f"{where} is a PASTA adapter with pooler={config.pooler!r}, and mixed-task batches use the "
+            "backbone's pretrained pooler for every row; serve it on its own "
+            "(peftkit.PeftModel.from_pretrained) or train it with pooler='frozen'."
+        )
     tensors = read_adapter_weights(directory)
     table = tensors.pop("adapter.special_token_embeddings", None)
     layers = list(range(len(encoder_layers(backbone)))) if config.layers is None else list(config.layers)

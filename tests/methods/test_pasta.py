@@ -354,3 +354,74 @@ def test_eval_mode_still_rejects_rows_without_special_tokens():
     peft_model.eval()
     with torch.no_grad(), pytest.raises(SpecialTokenError, match="row\\(s\\) \\[0\\]"):
         peft_model(input_ids=torch.tensor([[9, 9, 9], [2, 9, 3]]))
+
+
+# -- what the head reads (PastaConfig.pooler) -------------------------------------------------------
+
+
+def test_trained_pooler_starts_as_the_frozen_one_and_trains_only_its_copy():
+    model, peft_model = wrap("bert", pooler="trained")
+    batch = make_batch("bert")
+    assert torch.allclose(peft_model(**batch).logits, make_tiny_model("bert")(**batch).logits, atol=1e-6)
+    pooler = model.bert.pooler
+    trainable, _ = peft_model.get_nb_trainable_parameters()
+    head = sum(p.numel() for p in model.classifier.parameters())
+    assert trainable == 2 * 3 * 32 + head + 32 * 32 + 32  # tables + head + the pooler's dense layer
+    frozen_before = {n: p.detach().clone() for n, p in pooler.named_parameters()}
+    copy_before = peft_model.adapter.trained_pooler.dense.weight.detach().clone()
+    peft_model.train()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        peft_model(**batch, labels=torch.tensor([0, 2])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(p, frozen_before[n]) for n, p in pooler.named_parameters())
+    assert not torch.equal(peft_model.adapter.trained_pooler.dense.weight, copy_before)
+
+
+def test_mean_pooler_feeds_the_head_the_masked_mean_of_the_last_hidden_states():
+    model, peft_model = wrap("bert", pooler="mean")
+    with torch.no_grad():
+        peft_model.adapter.special_token_embeddings.normal_()
+    peft_model.eval()
+    batch = make_batch("bert")
+    captured = {}
+    handle = model.bert.encoder.register_forward_hook(lambda m, a, out: captured.update(hidden=out.last_hidden_state))
+    logits = peft_model(**batch).logits
+    handle.remove()
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    mean = (captured["hidden"] * mask).sum(1) / mask.sum(1)
+    assert torch.allclose(logits, model.classifier(mean), atol=1e-6)
+    assert peft_model.get_nb_trainable_parameters()[0] == 2 * 3 * 32 + sum(p.numel() for p in model.classifier.parameters())
+    for row in range(2):  # padding does not dilute the mean
+        length = int(batch["attention_mask"][row].sum())
+        alone = peft_model(input_ids=batch["input_ids"][row : row + 1, :length]).logits
+        assert torch.allclose(logits[row], alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("pooler", ["trained", "mean"])
+def test_pooler_option_survives_save_and_load(pooler, tmp_path):
+    _, peft_model = wrap("bert", pooler=pooler)
+    with torch.no_grad():
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.5)
+    peft_model.eval()
+    peft_model.task_info = {"kind": "text-classification", "label_names": ["a", "b", "c"]}
+    peft_model.save_pretrained(tmp_path)
+    batch = make_batch("bert")
+    loaded = peftkit.PeftModel.from_pretrained(make_tiny_model("bert"), tmp_path)
+    assert loaded.peft_config.pooler == pooler
+    assert torch.equal(loaded(**batch).logits, peft_model(**batch).logits)
+    unloaded = loaded.unload()  # the pooler's hook goes with the adapter: the backbone pools as before
+    assert torch.equal(unloaded.bert(**batch).pooler_output, make_tiny_model("bert").bert(**batch).pooler_output)
+
+
+def test_pooler_option_refuses_nonsense_and_models_without_a_pooler():
+    with pytest.raises(SpecialTokenError, match="pooler must be one of 'frozen', 'trained', 'mean'"):
+        wrap("bert", pooler="cls")
+    with pytest.raises(SpecialTokenError, match="has none"):
+        wrap("roberta", pooler="mean")  # RoBERTa's head reads [CLS] itself: there is no pooler to replace
+    tagger = make_tiny_model("bert", token_classification=True)
+    with pytest.raises(SpecialTokenError, match="pooler='frozen'"):
+        peftkit.get_peft_model(tagger, peftkit.PastaConfig(special_token_ids=special_ids("bert"), pooler="trained"))

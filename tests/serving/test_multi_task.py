@@ -243,6 +243,15 @@ def test_adapters_with_other_special_ids_are_rejected(pasta_dirs, tmp_path):
         MultiTaskModel.from_adapters(shared_backbone(), {"sentiment": pasta_dirs["sentiment"], "other": tmp_path})
 
 
+@pytest.mark.parametrize("pooler", ["trained", "mean"])
+def test_adapters_whose_head_reads_another_pooler_are_refused(pooler, tmp_path):
+    other = peftkit.get_peft_model(task_model(False, 2), peftkit.PastaConfig(special_token_ids=[CLS_ID, SEP_ID], pooler=pooler))
+    other.task_info = {"kind": "text-classification"}
+    other.save_pretrained(tmp_path)
+    with pytest.raises(AdapterMismatchError, match=f"pooler={pooler!r}.*serve it on its own"):
+        MultiTaskModel.from_adapters(shared_backbone(), {"other": tmp_path})
+
+
 def test_special_ids_resolved_from_the_tokenizer_are_recorded(bert_tokenizer, tmp_path):
     """Ids the adapter took from the tokenizer are saved, so serving needs no tokenizer."""
     model = task_model(False, 2)
