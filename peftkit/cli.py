@@ -685,7 +685,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peftkit: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\npeftkit: interrupted; `peftkit train ... --resume` continues from the last checkpoint.", file=sys.stderr)
+        command = next((argument for argument in argv if argument in COMMANDS), "train")
+        what = ("the finished runs are kept and the cut-off one resumes from its checkpoint"
+                if command == "compare" else "it continues from the last checkpoint")
+        print(f"\npeftkit: interrupted; run the same `peftkit {command}` command with --resume and {what}.", file=sys.stderr)
         return 130
     return 0
 

@@ -457,3 +457,15 @@ def test_method_options_that_are_not_a_json_object_are_refused_by_name(value, pr
         error = capsys.readouterr().err
         assert f"--method-options takes a JSON object, and {value!r} is not one: {problem}" in error
         assert "Expected a <class" not in error and not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_command_names_itself_in_the_resume_advice(monkeypatch, tmp_path, capsys):
+    import peftkit.training.compare as compare_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_module, "compare", interrupted)
+    assert main(["compare", "--methods", "linear", "--output", str(tmp_path / "c")]) == 130
+    error = capsys.readouterr().err
+    assert "run the same `peftkit compare` command with --resume" in error and "peftkit train" not in error

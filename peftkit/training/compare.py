@@ -176,10 +176,25 @@ def _check_resumable(method_dir: Path, train_args: list[str], method: str) -> No
         ) from None
     if before.get("train_args") != train_args:
         raise TrainingError(
-            f"cannot resume {method} in {method_dir}: its runs were trained with {before.get('train_args')}, "
-            f"this compare asks for {train_args}; resume with the same flags, pass --overwrite, "
-            "or choose another --output."
+            f"cannot resume {method} in {method_dir}: its runs were trained with other flags "
+            f"({_flag_differences(before.get('train_args') or [], train_args)}); resume with the same flags, "
+            "pass --overwrite, or choose another --output."
         )
+
+
+def _flag_differences(before: list[str], now: list[str]) -> str:
+    """``--max-length 32 then, 64 now; --seeds ...``: the `peftkit train` flags that differ."""
+    def flags(argv: list[str]) -> dict[str, str]:
+        pairs, index = {}, 0
+        while index < len(argv):
+            value = argv[index + 1] if index + 1 < len(argv) and not argv[index + 1].startswith("--") else ""
+            pairs[argv[index]] = value
+            index += 2 if value else 1
+        return pairs
+
+    old, new = flags(before), flags(now)
+    return "; ".join(f"{name} {old.get(name, '(unset)')} then, {new.get(name, '(unset)')} now"
+                     for name in dict.fromkeys([*old, *new]) if old.get(name) != new.get(name))
 
 
 def _prepare_method_dir(method_dir: Path, train_args: list[str], method: str, resume: bool) -> None:

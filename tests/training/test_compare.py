@@ -199,7 +199,7 @@ def test_resume_reads_back_finished_runs_retrains_cut_off_ones_and_refuses_other
     assert "finished before, read back" in (output / "linear.log").read_text()
     assert len(resumed["runs"]["full"]) == 3 and (output / "compare.json").is_file()
 
-    with pytest.raises(TrainingError, match=r"cannot resume linear .* resume with the same flags"):
+    with pytest.raises(TrainingError, match=r"cannot resume linear .*--max-length 16 then, 24 now\). resume with the same flags"):
         compare_command(methods="linear", resume=True, **{**common, "max_length": 24})
     with pytest.raises(TrainingError, match="give one of them"):
         compare_command(methods="linear", resume=True, overwrite=True, **common)
