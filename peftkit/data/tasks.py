@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
 
-from peftkit.errors import DataError
+from peftkit.errors import AdapterMismatchError, DataError
 
 TEXT_CLASSIFICATION = "text-classification"
 TOKEN_CLASSIFICATION = "token-classification"
@@ -164,6 +164,24 @@ def task_kind(kind: str) -> TaskKind:
 
 # ---------------------------------------------------------------------------------------------
 # The contract.
+
+
+def load_recorded_task(stored: dict[str, Any], what: str, task: str | None = None,
+                       max_eval_examples: int | None = None) -> Task:
+    """The task a stored run was made on (its recorded task info and split), or ``task`` instead,
+    for scoring that run again; ``max_eval_examples`` caps the validation split.
+
+    Raises AdapterMismatchError when the task's labels are not the run's (``what`` names the run)."""
+    split = dict(stored.get("split", {}))
+    if max_eval_examples is not None:
+        split["max_eval_examples"] = max_eval_examples
+    loaded = load_task(TaskConfig.from_info(stored, **split, **({"task": task} if task else {})))
+    if list(stored["label_names"]) != list(loaded.label_names):
+        raise AdapterMismatchError(
+            f"{what} has labels {stored['label_names']} but {loaded.name} has {loaded.label_names}; "
+            "evaluate it on a task with the same labels."
+        )
+    return loaded
 
 
 def load_task(config: TaskConfig) -> Task:

@@ -463,18 +463,11 @@ def evaluate_feature_probe(directory: str | Path, task: str | None = None, model
                            max_eval_examples: int | None = None, batch_size: int = 64) -> dict[str, Any]:
     """``peftkit eval`` of a feature-probe directory on its task's validation split (or another task with the same labels)."""
     from peftkit import data
+    from peftkit.data.tasks import load_recorded_task
     from peftkit.training.loop import evaluate
 
     probe, tokenizer, stored = load_feature_probe(directory, model)
-    split = dict(stored.get("split", {}))
-    if max_eval_examples is not None:
-        split["max_eval_examples"] = max_eval_examples
-    loaded_task = data.load_task(data.TaskConfig.from_info(stored, **split, **({"task": task} if task else {})))
-    if list(stored["label_names"]) != list(loaded_task.label_names):
-        raise AdapterMismatchError(
-            f"the feature probe has labels {stored['label_names']} but {loaded_task.name} has {loaded_task.label_names}; "
-            "evaluate it on a task with the same labels."
-        )
+    loaded_task = load_recorded_task(stored, "the feature probe", task, max_eval_examples)
     loaded_task.train = loaded_task.train.select(range(1))  # only the validation split is scored
     _, validation_set = data.encode_task(loaded_task, tokenizer, loaded_task.max_length)
 

@@ -224,18 +224,10 @@ def evaluate_in_context(directory: str | Path, task: str | None = None, model: s
                         max_eval_examples: int | None = None) -> dict[str, Any]:
     """``peftkit eval`` of an ICL directory on its task's validation split (or another task with the same labels)."""
     from peftkit import data
-    from peftkit.errors import AdapterMismatchError
+    from peftkit.data.tasks import load_recorded_task
 
     classifier, stored = load_icl_directory(directory, model)
-    split = dict(stored.get("split", {}))
-    if max_eval_examples is not None:
-        split["max_eval_examples"] = max_eval_examples
-    loaded_task = data.load_task(data.TaskConfig.from_info(stored, **split, **({"task": task} if task else {})))
-    if list(stored["label_names"]) != list(loaded_task.label_names):
-        raise AdapterMismatchError(
-            f"the ICL run has labels {stored['label_names']} but {loaded_task.name} has {loaded_task.label_names}; "
-            "evaluate it on a task with the same labels."
-        )
+    loaded_task = load_recorded_task(stored, "the ICL run", task, max_eval_examples)
     texts, pairs, labels = _split_columns(loaded_task.validation)
     log_probabilities = classifier.log_probabilities(texts, pairs, progress=True)
     metrics = data.compute_metrics(loaded_task.kind, log_probabilities.numpy(), np.asarray(labels), loaded_task.label_names)
