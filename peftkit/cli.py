@@ -573,6 +573,14 @@ def normalise_argv(argv: list[str]) -> list[str]:
     return _join_repeated_list_flags(normalised)
 
 
+def _flags_typed(annotation_prefix: str) -> set[str]:
+    """The flags (parameter names, any command) whose annotation starts with ``annotation_prefix``."""
+    return {
+        parameter.name for command in COMMANDS.values() for parameter in inspect.signature(command).parameters.values()
+        if str(parameter.annotation).startswith(annotation_prefix)
+    }
+
+
 def check_json_object_flags(argv: list[str]) -> None:
     """A dict-typed flag (``--method-options``) must hold a JSON object. jsonargparse's own refusal
     lists every type it tried; this one names the flag and shows the form it wants.
@@ -580,10 +588,7 @@ def check_json_object_flags(argv: list[str]) -> None:
     Raises MethodConfigError for a value that is not a JSON object."""
     import json
 
-    dict_flags = {
-        parameter.name for command in COMMANDS.values() for parameter in inspect.signature(command).parameters.values()
-        if str(parameter.annotation).startswith("dict")
-    }
+    dict_flags = _flags_typed("dict")
     for index, argument in enumerate(argv):
         name, equals, value = argument.removeprefix("--").partition("=")
         if not argument.startswith("--") or name not in dict_flags:
@@ -625,10 +630,7 @@ def _join_repeated_list_flags(argv: list[str]) -> list[str]:
     jsonargparse would otherwise read one value at a time (and refuse as "not a list")."""
     import json
 
-    list_flags = {
-        parameter.name for command in COMMANDS.values() for parameter in inspect.signature(command).parameters.values()
-        if str(parameter.annotation).startswith("list[")
-    }
+    list_flags = _flags_typed("list[")
     values: dict[str, list[str]] = {}
     joined: list[str | tuple[str]] = []  # (key,) marks where a list flag first appeared
     index = 0
