@@ -156,15 +156,15 @@ def train_command(
         from peftkit.training.feature_probe import train_feature_probe
 
         return train_feature_probe(task_config, model, output, method_options, dev_fraction, eval_batch_size, overwrite=overwrite, resume=resume)
+    loaded_task = data.load_task(task_config)
     training_config = recipes.training_config(
-        method, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+        method, loaded_task.kind, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         gradient_accumulation_steps=gradient_accumulation_steps, mixed_precision=mixed_precision,
         warmup_ratio=warmup_ratio, weight_decay=weight_decay, lr_scheduler=lr_scheduler,
         eval_batch_size=eval_batch_size, max_steps=max_steps, checkpoint_every=checkpoint_every,
         activation_checkpointing=activation_checkpointing,
         optimizer=optimizer, early_stopping_patience=early_stopping_patience,
     )
-    loaded_task = data.load_task(task_config)
     dev_rows = None
     if dev_fraction is not None:  # selection and early stopping never see the validation split
         loaded_task, dev_rows = data.carve_dev_split(loaded_task, dev_fraction, seed)

@@ -10,6 +10,7 @@ import torch
 import peftkit
 from peftkit.errors import MethodConfigError
 from peftkit.recipes import (
+    KIND_RECIPES,
     RECIPES,
     SELECTION_GRIDS,
     build_method_config,
@@ -51,6 +52,19 @@ def test_pasta_trains_up_to_8_epochs_and_stops_2_after_its_best_unless_told():
     assert (config.epochs, config.early_stopping_patience) == (8, 2)
     assert training_config("pasta", epochs=2, early_stopping_patience=5).early_stopping_patience == 5
     assert training_config("lora").early_stopping_patience is None  # other recipes: every epoch
+
+
+def test_token_classification_gets_at_least_its_kinds_epochs_and_stops_early():
+    """results/compare-twitter-ner.json: taggers given a text classifier's epochs peaked at their last."""
+    wanted = KIND_RECIPES["token-classification"]["epochs"]
+    for method in ("lora", "full", "ia3", "pasta", "bitfit", "wegeft"):
+        values = recipe(method, "token-classification")
+        assert values["epochs"] == max(wanted, RECIPES[method]["epochs"]) > RECIPES[method]["epochs"]
+        assert values["early_stopping_patience"] == 2
+        assert values["learning_rate"] == RECIPES[method]["learning_rate"]
+        assert recipe(method, "text-classification") == recipe(method) == RECIPES[method]
+    config = training_config("lora", "token-classification", epochs=3, early_stopping_patience=4)
+    assert (config.epochs, config.early_stopping_patience) == (3, 4)  # explicit flags still win
 
 
 def test_method_names_are_canonicalised_and_unknown_ones_listed():

@@ -551,7 +551,7 @@ def compare_command(
     for name in names:
         if name in ("icl", "feature-probe"):  # nothing trained by epochs
             continue
-        budget = epochs if epochs is not None else recipes.recipe(name)["epochs"]
+        budget = epochs if epochs is not None else recipes.recipe(name, kind)["epochs"]
         method_epochs[name] = ["--epochs", str(min(budget, 2) if quick else budget)]
     slug = task if task in BUILTIN_TASKS else local_task_name(Path(task))  # the name `peftkit train` gives it
     return compare(

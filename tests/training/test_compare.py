@@ -227,6 +227,12 @@ def test_compare_gives_pefts_methods_their_recipe_grids_and_refuses_unfit_ones_u
     with pytest.raises(MethodConfigError, match="p-tuning cannot train token classification"):
         compare_command(methods="ia3,p-tuning", model=str(model_dir), task=str(conll), output=str(tmp_path / "e"))
     assert not calls and not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+    # A tagging task gives each method its kind's longer budget (recipes.KIND_RECIPES); --quick still caps it.
+    for quick in (False, True):
+        compare_command(methods="ia3,lora", model=str(model_dir), task=str(conll), output=str(tmp_path / "f"), quick=quick)
+        budget = {name: recipes.recipe(name, "token-classification")["epochs"] for name in ("ia3", "lora")}
+        assert calls[-1]["settings"]["epochs"] == ({name: 2 for name in budget} if quick else budget)
+        assert budget["lora"] > recipes.recipe("lora")["epochs"]
 
 
 def test_compare_trains_pefts_methods_side_by_side(model_and_task, tmp_path):
