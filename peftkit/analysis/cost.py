@@ -95,13 +95,38 @@ def weights_written_by_merge(record: dict[str, Any], model: nn.Module) -> tuple[
     return sum(p.numel() for p in written), len(written)
 
 
+# PEFT's methods that add virtual tokens (or their keys/values) to the sequence: nothing to merge.
+_PEFT_PROMPT_LEARNING = ("prompt_tuning", "p_tuning", "prefix_tuning", "multitask_prompt_tuning", "adaption_prompt")
+
+
+def weights_written_by_peft_merge(record: dict[str, Any], model: nn.Module) -> tuple[int, int]:
+    """(elements, tensors) of the backbone that PEFT's own ``merge_adapter`` writes for the PEFT
+    config ``record`` (IA3 scales its target weights, and their biases outside the feed-forward).
+    The adapter is rebuilt on a copy of ``model`` from the record alone, without its task head:
+    which tensors a merge writes depends on the targets and shapes, not on trained values. A
+    tensor counts as written when PEFT replaced its data (a new storage) or wrote it in place."""
+    import peft
+
+    fields = {key: value for key, value in record.items() if key not in ("modules_to_save", "task_type")}
+    config = peft.get_peft_config(fields)
+    wrapped = peft.get_peft_model(copy.deepcopy(model), config)
+    params = {name: p for name, p in wrapped.get_base_model().named_parameters() if not p.requires_grad}
+    before = {name: (p.data_ptr(), p._version) for name, p in params.items()}
+    wrapped.merge_adapter()
+    written = [p for name, p in params.items() if (p.data_ptr(), p._version) != before[name]]
+    return sum(p.numel() for p in written), len(written)
+
+
 def cost_report(adapter_dir: str | os.PathLike, merged: bool = False, model: nn.Module | None = None) -> dict[str, Any]:
     """The per-task cost of the adapter in ``adapter_dir`` (peftkit's or PEFT's format).
 
     ``merged``: count the backbone weights a task switch rewrites when the adapter is merged
     into the backbone rather than kept beside it. ``model`` (optional) is the base model, used
-    only to see which weights a peftkit method's merge writes; by default one is built from
-    the base model's config.
+    only to see which weights a merge writes (a peftkit method's, or a PEFT method other than
+    LoRA, whose shapes suffice); by default one is built from the base model's config.
+
+    Raises AdapterFileError for a missing or corrupt adapter file, or, when a merge must be
+    counted without ``model``, for a base model whose config cannot be read.
     """
     directory = Path(adapter_dir)
     record = read_adapter_config(directory)
@@ -140,17 +165,20 @@ def cost_report(adapter_dir: str | os.PathLike, merged: bool = False, model: nn.
         heads = tuple(f".{head}." for head in record.get("modules_to_save") or ())
         head_keys = {key for key in shapes if any(head in f".{key.removeprefix('base_model.model.')}" for head in heads)}
         backbone_keys = set()
-        mergeable, rewrites = peft_type == "lora", False
+        mergeable, rewrites = peft_type not in _PEFT_PROMPT_LEARNING, False
         report.update(method=peft_type, format="peft")
         # peftkit's save records the backbone beside PEFT's files (peftkit_options.json)
         backbone_parameters = read_peft_options(directory).get("base_model_identity", {}).get("num_parameters")
         rewritten = rewritten_tensors = 0
-        if merged and mergeable:
+        if merged and peft_type == "lora":  # from the stored shapes alone, no model built
             rewritten = _merged_peft_lora_weights(shapes)
             rewritten_tensors = sum(1 for key in shapes if ".lora_A." in key or ".lora_embedding_A" in key)
+        elif merged and mergeable:
+            rewritten, rewritten_tensors = weights_written_by_peft_merge(
+                record, model if model is not None else build_base_model(record))
         elif merged:
-            report["notes"].append(f"merged cost of PEFT {peft_type} adapters is not counted")
-            rewritten = rewritten_tensors = None
+            report["notes"].append(f"PEFT {peft_type} cannot be merged: its virtual tokens always stay beside the backbone")
+            report["merged"] = False
 
     trainable = sum(_numel(shape) for shape in shapes.values())
     head = sum(_numel(shapes[key]) for key in head_keys)

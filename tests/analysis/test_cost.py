@@ -83,6 +83,31 @@ def test_peft_lora_unmerged_and_merged(tmp_path):
     assert "README.md" in merged["files"]  # listed, but not part of what a task needs
 
 
+def test_peft_ia3_merged_rewrites_its_targets_and_prompt_tuning_cannot_merge(tmp_path):
+    """IA3 merges by scaling key and value (weight and bias) and the feed-forward output weight;
+    prompt tuning's virtual tokens have nothing to merge into."""
+    model = tiny()
+    ia3 = peft.get_peft_model(model, peft.IA3Config(task_type="SEQ_CLS", target_modules=["key", "value", "output.dense"],
+                                                    feedforward_modules=["output.dense"]))
+    ia3.save_pretrained(str(tmp_path / "ia3"))
+    unmerged = cost_report(tmp_path / "ia3")
+    assert unmerged["method"] == "ia3" and unmerged["mergeable"] is True
+    assert unmerged["backbone_weights_rewritten_per_switch"] == 0
+    merged = cost_report(tmp_path / "ia3", merged=True, model=tiny())
+    # per layer: key, value 32×32 + bias 32 each; the feed-forward output.dense 32×64, bias untouched.
+    # The attention output projection ("attention.output.dense") matches "output.dense" too, and as
+    # a feed-forward module keeps its bias: 32×32.
+    per_layer = 2 * (32 * 32 + 32) + 32 * 64 + 32 * 32
+    assert merged["merged"] is True and merged["backbone_weights_rewritten_per_switch"] == 2 * per_layer
+    assert merged["backbone_tensors_rewritten_per_switch"] == 2 * 6
+
+    prompt = peft.get_peft_model(tiny(), peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4))
+    prompt.save_pretrained(str(tmp_path / "prompt"))
+    report = cost_report(tmp_path / "prompt", merged=True)
+    assert report["mergeable"] is False and report["merged"] is False
+    assert report["backbone_weights_rewritten_per_switch"] == 0 and "cannot be merged" in report["notes"][0]
+
+
 def test_bitfit_rewrites_all_biases_and_full_rewrites_everything(tmp_path):
     bitfit = cost_report(save_peftkit(tmp_path, "bitfit", peftkit.BitFitConfig()))
     assert bitfit["trainable_parameters"] == BIASES + HEAD

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fast_path_accuracy.py"
+from tests.benchmarks import load_benchmark
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("fast_path_accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fast_path_accuracy"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fast_path_accuracy = load_script()
+fast_path_accuracy = load_benchmark("fast_path_accuracy")
 
 
 def arm(per_seed, seeds=(0, 1, 2)):

@@ -3,26 +3,14 @@ timed in pairs, the ratio is computed from them, and the profile names what PAST
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "inference_overhead.py"
+from tests.benchmarks import load_benchmark
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("inference_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["inference_overhead"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-inference_overhead = load_script()
+inference_overhead = load_benchmark("inference_overhead")
 
 
 @pytest.fixture(scope="module")

@@ -3,29 +3,20 @@ learning rates, and the merge of seeds measured in separate processes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.benchmarks import BENCHMARKS, load_benchmark
 from tests.tiny_models import save_tiny_causal_lm
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernel_causal.py"
+SCRIPT = BENCHMARKS / "kernel_causal.py"
 # The tiny byte-level vocabulary starts these five words with five different tokens (bbc-news has five topics).
 WORDS = "terrible,actor,movie,the,plot"
-
-
-def load_harness():
-    spec = importlib.util.spec_from_file_location("kernel_causal_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kernel_causal_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(*args: str) -> None:
@@ -37,7 +28,7 @@ def run(*args: str) -> None:
 
 
 def test_seeds_run_apart_and_merge_into_one_report(tmp_path):
-    harness = load_harness()
+    harness = load_benchmark("kernel_causal", "kernel_causal_benchmark")
     model_dir = str(save_tiny_causal_lm(tmp_path / "lm"))
     common = ["--model", model_dir, "--shots", "2", "--eval", "6", "--max-length", "24", "--finetune-steps", "2",
               "--learning-rates", "1e-3,1e-2", "--label-words", WORDS, "--cache", str(tmp_path / "cache")]

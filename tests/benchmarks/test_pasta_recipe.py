@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pasta_recipe.py"
+from tests.benchmarks import load_benchmark
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("pasta_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pasta_recipe"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pasta_recipe = load_script()
+pasta_recipe = load_benchmark("pasta_recipe")
 
 
 @pytest.fixture(autouse=True)

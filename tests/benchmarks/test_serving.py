@@ -4,27 +4,14 @@ time, every answer counted, latencies that agree with the run's length."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 from peftkit.serving.app import TaskServer, create_app
+from tests.benchmarks import load_benchmark
 from tests.serving.conftest import LiveServer, adapter_dirs, model_dir, one_torch_thread  # noqa: F401  (fixtures)
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serving.py"
-
-
-def load_harness():
-    spec = importlib.util.spec_from_file_location("serving_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serving_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-serving = load_harness()
+serving = load_benchmark("serving", "serving_benchmark")
 
 
 @pytest.fixture(scope="module")

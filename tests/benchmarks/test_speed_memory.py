@@ -4,31 +4,21 @@ the model and with each other."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speed_memory.py"
+from tests.benchmarks import load_benchmark
+
 MB = 2**20
 
 
-def load_harness():
-    spec = importlib.util.spec_from_file_location("speed_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["speed_memory"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-speed_memory = load_harness()
+speed_memory = load_benchmark("speed_memory")
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=64)
 HIDDEN, LAYERS, LABELS = TINY["hidden_size"], TINY["num_hidden_layers"], speed_memory.NUM_LABELS

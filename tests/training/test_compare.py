@@ -250,3 +250,5 @@ def test_compare_trains_pefts_methods_side_by_side(model_and_task, tmp_path):
         kept = [run for run in result["runs"][method] if run["kept"]]
         assert json.loads((Path(kept[0]["run_dir"]) / "adapter_config.json").read_text())["peft_type"] == {"ia3": "IA3", "prompt-tuning": "PROMPT_TUNING"}[method]
         assert row["chosen"]["learning_rate"] in SELECTION_GRIDS[method]["quick"]["learning_rate"]
+    # Merged, IA3 rewrites its target weights (counted through PEFT's own merge); prompt tuning has nothing to merge.
+    assert rows["ia3"]["backbone_weights_rewritten_if_merged"] > 0 and rows["prompt-tuning"]["backbone_weights_rewritten_if_merged"] == 0
