@@ -534,8 +534,16 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+# uvicorn's settings beyond host, port and log level. Keep-alive: uvicorn closes an idle
+# connection after 5 s by default, exactly when httpx's pool (keepalive_expiry 5 s) may hand the
+# same connection to a new request, which then fails with a ReadError; a load balancer in front
+# (AWS ALB: 60 s idle) hits the same race. A server should outlive its clients' idle timeouts, so
+# 75 s, as nginx's keepalive_timeout default.
+UVICORN_OPTIONS: dict[str, Any] = {"timeout_keep_alive": 75}
+
+
 def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve ``app`` with uvicorn until interrupted."""
+    """Serve ``app`` with uvicorn (``UVICORN_OPTIONS``) until interrupted."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **UVICORN_OPTIONS)

@@ -17,6 +17,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 
 import peftkit
 from peftkit.loading import load_adapter, save_adapter_with_task
+from peftkit.serving.app import UVICORN_OPTIONS
 from tests.tiny_models import save_tiny_bert_checkpoint
 
 WORDS = ["the", "a", "movie", "was", "great", "terrible", "good", "bad", "plot", "actor", "actors",
@@ -144,7 +145,7 @@ class LiveServer:
     def __init__(self, app):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **UVICORN_OPTIONS))
         self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
 
     def __enter__(self) -> "LiveServer":

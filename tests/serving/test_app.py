@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import random
 import shutil
@@ -296,6 +297,16 @@ def test_the_serve_command_answers_over_http(model_dir, adapter_dirs, references
         answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"task": "lora_ner", "text": "john lives in paris"})
         assert_same_answer(answer.json()["predictions"][0], references.answer("lora_ner", "john lives in paris"))
         assert [task["name"] for task in httpx.get(f"http://127.0.0.1:{port}/tasks").json()["tasks"]] == ["sentiment", "lora_ner"]
+        # A connection idle past uvicorn's default keep-alive (5 s, the same as httpx's pool expiry:
+        # a client could reuse it just as the server closes it) still answers: UVICORN_OPTIONS.
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/health")
+        assert connection.getresponse().read() and connection.sock is not None
+        opened = connection.sock
+        time.sleep(6)
+        connection.request("GET", "/health")  # on the same socket: http.client reopens only a socket it closed itself
+        assert connection.sock is opened and connection.getresponse().status == 200
+        connection.close()
     finally:
         process.terminate()
         process.wait(timeout=30)
