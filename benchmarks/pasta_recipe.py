@@ -30,6 +30,9 @@ it stopped. Run it as
     nice -n 19 env OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/pasta_recipe.py
     PYTHONPATH=$PWD python benchmarks/pasta_recipe.py --report-only
 
+and on a machine with two free cores, start the first command twice: the copies skip each other's
+runs (a lock per run). ``--tasks`` and ``--variants`` narrow the plan.
+
 and it writes results/pasta_recipe.{json,md,png} (the .md's prose around the table is kept).
 """
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import json
 import os
 import subprocess
@@ -145,10 +149,24 @@ def variants(task: str) -> dict[str, dict]:
 
 
 def run_one(runs: Path, task: str, variant: str, spec: dict, seed: int) -> None:
-    """One `peftkit train` in its own process; the load average before and after goes beside it."""
+    """One `peftkit train` in its own process; the load average before and after goes beside it.
+    A run that another copy of this script is making (it holds the run's lock) is skipped, so two
+    copies started side by side share the plan, one core each."""
     output = run_dir(runs, task, variant, seed)
     if read_metrics(runs, task, variant, seed) is not None:
         return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output.parent / f"seed={seed}.lock", "w", encoding="utf-8") as lock:
+        try:  # released by the kernel when its holder exits, however it exits: no stale lock
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"== {task} {variant} seed {seed}: another process is running it; skipped", flush=True)
+            return
+        if read_metrics(runs, task, variant, seed) is None:  # it may have finished while we looked
+            _train(output, task, spec, seed)
+
+
+def _train(output: Path, task: str, spec: dict, seed: int) -> None:
     argv = [sys.executable, "-m", "peftkit", "train", "--method", "pasta", "--task", task, *COMPARE_ARGS,
             "--epochs", str(spec["epochs"]), *spec["flags"], "--seed", str(seed), "--output", str(output)]
     # A run cut off (killed, or the machine needed) continues from its last checkpoint, as compare --resume does.
@@ -172,9 +190,9 @@ def run_one(runs: Path, task: str, variant: str, spec: dict, seed: int) -> None:
     })
 
 
-def run_all(runs: Path, tasks: list[str]) -> None:
+def run_all(runs: Path, tasks: list[str], only: list[str] | None = None) -> None:
     for task, variant, seeds in PRIORITY:
-        if task not in tasks:
+        if task not in tasks or (only is not None and variant not in only):
             continue
         for seed in seeds:
             run_one(runs, task, variant, variants(task)[variant], seed)
@@ -283,9 +301,11 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/pasta_recipe"))
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the runs made so far")
+    parser.add_argument("--variants", default=None, help="comma-separated variants to run (default: all, in PRIORITY order)")
     args = parser.parse_args()
     if not args.report_only:
-        run_all(args.runs_dir, [t.strip() for t in args.tasks.split(",") if t.strip()])
+        only = None if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()]
+        run_all(args.runs_dir, [t.strip() for t in args.tasks.split(",") if t.strip()], only)
     result = report(args.runs_dir)
     print(markdown_table(result))
 

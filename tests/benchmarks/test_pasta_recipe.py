@@ -68,6 +68,35 @@ def test_a_run_with_metrics_is_not_run_again_and_others_get_compares_flags(tmp_p
     assert "--resume" in calls[-1] and "--overwrite" not in calls[-1]
 
 
+def test_a_run_another_copy_is_making_is_skipped(tmp_path, monkeypatch):
+    """Two copies of the script share the plan: the run one of them holds is not started twice."""
+    import fcntl
+    import subprocess
+    import sys
+
+    calls = []
+    monkeypatch.setattr(pasta_recipe.subprocess, "call", lambda argv, **kwargs: calls.append(argv) or 0)
+    spec = pasta_recipe.variants("twitter-ner")["cls-only"]
+    lock_path = pasta_recipe.run_dir(tmp_path, "twitter-ner", "cls-only", 0).parent / "seed=0.lock"
+    lock_path.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(lock_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        pasta_recipe.run_one(tmp_path, "twitter-ner", "cls-only", spec, 0)
+        assert calls == []
+        pasta_recipe.run_one(tmp_path, "twitter-ner", "cls-only", spec, 1)  # another seed: not held
+        assert len(calls) == 1 and "--seed 1" in " ".join(calls[0])
+    finally:
+        holder.kill()
+        holder.wait()
+    pasta_recipe.run_one(tmp_path, "twitter-ner", "cls-only", spec, 0)  # the holder died: its lock went with it
+    assert len(calls) == 2 and "--seed 0" in " ".join(calls[1])
+    with open(lock_path, "w") as lock:  # and nothing holds it now
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def test_report_gives_mean_std_over_the_seeds_run_and_a_clear_win_only_beyond_the_noise(tmp_path, monkeypatch):
     monkeypatch.setattr(pasta_recipe, "RESULTS", tmp_path / "results")
     runs = tmp_path / "runs"
