@@ -581,6 +581,35 @@ def _flags_typed(annotation_prefix: str) -> set[str]:
     }
 
 
+# Flags users bring from other tools, and the flag that means the same here.
+FLAG_ALIASES = {"lr": "learning_rate", "num_epochs": "epochs", "num_train_epochs": "epochs", "bs": "batch_size",
+                "per_device_train_batch_size": "batch_size", "model_name_or_path": "model", "output_dir": "output",
+                "dataset": "task", "data": "task"}
+
+
+def check_unknown_flags(argv: list[str]) -> None:
+    """Every ``--flag`` (as ``normalise_argv`` spells it) must be one of the command's own: a flag
+    it does not have is refused naming the closest one (``--lr`` → ``--learning-rate``). argparse
+    would either take a prefix as an abbreviation of a longer flag (``--lr`` as ``--lr-scheduler``,
+    which then failed deep in transformers) or answer only "unrecognized arguments".
+
+    Raises PeftkitError naming the flag, the likely one, and ``--help``."""
+    import difflib
+
+    command = next((argument for argument in argv if argument in COMMANDS), None)
+    if command is None:
+        return
+    known = set(inspect.signature(COMMANDS[command]).parameters)
+    for argument in argv[argv.index(command) + 1:]:
+        name = argument[2:].partition("=")[0].removesuffix("+").replace("-", "_")
+        if not argument.startswith("--") or not name or name in known or name in ("help", "config", "print_config"):
+            continue
+        guess = FLAG_ALIASES.get(name) if FLAG_ALIASES.get(name) in known else next(iter(difflib.get_close_matches(name, known, n=1)), None)
+        hint = f"did you mean --{guess.replace('_', '-')}? " if guess else ""
+        raise PeftkitError(f"peftkit {command} has no flag --{name.replace('_', '-')}: {hint}"
+                           f"`peftkit {command} --help` lists every flag.")
+
+
 def check_json_object_flags(argv: list[str]) -> None:
     """A dict-typed flag (``--method-options``) must hold a JSON object. jsonargparse's own refusal
     lists every type it tried; this one names the flag and shows the form it wants.
@@ -665,6 +694,7 @@ def _parser_class():
     class PeftkitArgumentParser(ArgumentParser):
         def __init__(self, *args, **kwargs):
             kwargs.setdefault("formatter_class", DashedHelpFormatter)
+            kwargs.setdefault("allow_abbrev", False)  # a prefix is never silently another flag (check_unknown_flags)
             super().__init__(*args, **kwargs)
 
     return PeftkitArgumentParser
@@ -680,6 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()
     argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
     try:
+        check_unknown_flags(argv)
         check_json_object_flags(argv)
         CLI(COMMANDS, args=argv, parser_class=_parser_class(), prog="peftkit",
             description="Parameter-efficient fine-tuning: train, evaluate and use adapters.")

@@ -15,6 +15,7 @@ from peftkit.errors import MethodConfigError
 from peftkit.methods import get_method, method_names
 from peftkit.models import head_module_names
 from peftkit.training import TrainingConfig
+from peftkit.training.loop import check_training_config
 
 RECIPES: dict[str, dict[str, Any]] = {
     # PASTA, MiniLM-L6 on BBC News (1,780 training articles, 128 tokens, batch 32, 5 epochs),
@@ -194,10 +195,14 @@ def selection_grid(method: str, quick: bool = False) -> dict[str, list[Any]]:
 
 
 def training_config(method: str, kind: str | None = None, **overrides: Any) -> TrainingConfig:
-    """A TrainingConfig from the method's recipe for a task of ``kind``; ``overrides`` that are not None win."""
+    """A TrainingConfig from the method's recipe for a task of ``kind``; ``overrides`` that are not None win.
+
+    Raises TrainingError for settings that cannot train (``check_training_config``)."""
     values = recipe(method, kind)
     values.update({name: value for name, value in overrides.items() if value is not None})
-    return TrainingConfig(**values)
+    config = TrainingConfig(**values)
+    check_training_config(config)  # before a caller creates its output directory
+    return config
 
 
 def backbone_dropout(method: str, options: dict[str, Any] | None = None) -> bool | None:

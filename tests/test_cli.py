@@ -459,6 +459,24 @@ def test_method_options_that_are_not_a_json_object_are_refused_by_name(value, pr
         assert "Expected a <class" not in error and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag, guess", [("--lr", "--learning-rate"), ("--epoch", "--epochs"), ("--num-train-epochs", "--epochs"),
+                                         ("--learning-rte", "--learning-rate"), ("--output-dir", "--output")])
+def test_a_flag_the_command_does_not_have_is_refused_naming_the_likely_one(flag, guess, tmp_path, capsys):
+    """argparse took --lr as an abbreviation of --lr-scheduler (a traceback from transformers) and
+    --epoch silently as --epochs."""
+    assert main(["train", "--method", "lora", flag, "0.01", "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert f"peftkit train has no flag {flag}: did you mean {guess}? `peftkit train --help` lists every flag." in error
+    assert "Traceback" not in error and not (tmp_path / "out").exists()
+
+
+def test_a_bad_scheduler_is_refused_before_the_output_directory_exists(tmp_path, capsys):
+    assert main(["train", "--method", "lora", "--lr-scheduler", "0.01", "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "lr_scheduler must be one of linear, cosine," in error and "not '0.01'" in error
+    assert "Traceback" not in error and not (tmp_path / "out").exists()
+
+
 def test_an_interrupted_command_names_itself_in_the_resume_advice(monkeypatch, tmp_path, capsys):
     import peftkit.training.compare as compare_module
 

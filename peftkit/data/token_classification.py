@@ -96,10 +96,22 @@ def read_conll(path: Path) -> Dataset:
 
 
 def read_token_file(path: Path) -> Dataset:
-    """CoNLL text, or JSON/JSONL rows holding token and tag lists."""
-    if path.suffix.lower() in (".json", ".jsonl"):
+    """CoNLL text, JSON/JSONL rows holding token and tag lists, or CSV rows holding them as
+    space-separated strings ("John lives in Paris", "B-PER O O B-LOC") or JSON lists; a string
+    column becomes a list in ``normalise_columns``."""
+    if path.suffix.lower() in (".json", ".jsonl", ".csv"):
         return read_table(path)
     return read_conll(path)
+
+
+def _csv_header(path: Path) -> list[str]:
+    import csv
+
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+            return next(csv.reader(handle), [])
+    except OSError:
+        return []
 
 
 def _first_record(path: Path) -> dict | None:
@@ -140,6 +152,8 @@ def claims(path: Path, config: TaskConfig) -> bool:
         return record is not None and isinstance(record.get(config.tokens_column), list)
     if suffix == ".tsv":
         return _first_tag_looks_bio(data_file)
+    if suffix == ".csv":  # a table whose header names both columns; any other CSV is text classification's
+        return {config.tokens_column, config.tags_column} <= set(_csv_header(data_file))
     return suffix in CONLL_SUFFIXES
 
 
@@ -203,6 +217,10 @@ def normalise_columns(dataset: Dataset, config: TaskConfig, where: str) -> tuple
     renames = {old: new for old, new in ((config.tokens_column, "tokens"), (config.tags_column, "tags")) if old != new}
     if renames:
         dataset = dataset.rename_columns(renames)
+    strings = [column for column in ("tokens", "tags") if _is_string(dataset.features[column])]
+    if strings:  # a CSV cell: "John lives in Paris" or '["John", "lives", "in", "Paris"]'
+        dataset = dataset.map(lambda batch: {column: [_cell_list(cell) for cell in batch[column]] for column in strings},
+                              batched=True, features=Features({**dataset.features, **{column: List(Value("string")) for column in strings}}))
     class_label = _class_label_of(dataset.features["tags"])
     names = list(class_label.names) if class_label is not None else None
     if names is None and not _is_string_list(dataset.features["tags"]):
@@ -219,6 +237,24 @@ def normalise_columns(dataset: Dataset, config: TaskConfig, where: str) -> tuple
     if names is not None:
         _check_bio(names, where)
     return dataset, names
+
+
+def _is_string(feature) -> bool:
+    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+
+
+def _cell_list(cell: str | None) -> list[str] | None:
+    """A table cell as a list of words or tags: a JSON list if it is one, else split on whitespace."""
+    if cell is None:
+        return None
+    if cell.lstrip().startswith("["):
+        try:
+            items = json.loads(cell)
+        except ValueError:
+            items = None
+        if isinstance(items, list):
+            return [str(item) for item in items]
+    return cell.split()
 
 
 def _is_string_list(feature) -> bool:

@@ -26,7 +26,7 @@ from accelerate.utils import gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import SchedulerType, get_scheduler
 
 from peftkit.errors import TrainingError
 from peftkit.files import atomic_write_json, ensure_output_dir
@@ -133,7 +133,11 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.num_examples, generator=generator).tolist())
 
 
-def _check_config(config: TrainingConfig) -> None:
+def check_training_config(config: TrainingConfig) -> None:
+    """Refuse settings that cannot train, all problems in one message (``train`` calls it; the CLI
+    calls it before it creates the output directory).
+
+    Raises TrainingError naming each bad setting and what it may be."""
     problems = []
     if config.learning_rate is None or not config.learning_rate > 0:
         problems.append(
@@ -145,6 +149,9 @@ def _check_config(config: TrainingConfig) -> None:
             problems.append(f"{name} must be at least 1, not {getattr(config, name)}")
     if config.max_steps is not None and config.max_steps < 1:
         problems.append(f"max_steps must be at least 1 (or None), not {config.max_steps}")
+    schedulers = [kind.value for kind in SchedulerType]
+    if config.lr_scheduler not in schedulers:
+        problems.append(f"lr_scheduler must be one of {', '.join(schedulers)}, not {config.lr_scheduler!r}")
     if config.optimizer not in OPTIMIZERS:
         problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {config.optimizer!r}")
     if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
@@ -309,7 +316,7 @@ def train(
     ``save_pretrained``). ``resume`` continues from ``output_dir/checkpoint``; ``overwrite``
     allows a fresh run in a non-empty ``output_dir``.
     """
-    _check_config(config)
+    check_training_config(config)
     output_dir = ensure_output_dir(output_dir, overwrite=overwrite, resume=resume)
     checkpoint_dir = find_checkpoint(output_dir) if resume else None
     if resume:

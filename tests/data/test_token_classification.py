@@ -110,6 +110,28 @@ def test_jsonl_with_token_lists_is_token_classification(tmp_path):
     assert task.kind == "token-classification" and task.label_names == ["O", "B-PER"]
 
 
+def test_a_csv_of_space_separated_words_and_tags_is_token_classification(tmp_path):
+    """A user's NER CSV: one sentence a row, words and tags as space-separated strings (or JSON lists)."""
+    rows = ['john lives in paris,B-PER O O B-LOC', '"[""mary"", ""is"", ""here""]","[""B-PER"", ""O"", ""O""]"'] * 5
+    path = tmp_path / "ner.csv"
+    path.write_text("tokens,tags\n" + "\n".join(rows) + "\n")
+    task = load_task(TaskConfig(task=str(path)))  # the header names both columns: no --kind needed
+    assert task.kind == "token-classification" and task.label_names == ["O", "B-LOC", "B-PER"]
+    everything = [*task.train, *task.validation]
+    assert {tuple(row["tokens"]) for row in everything} == {("john", "lives", "in", "paris"), ("mary", "is", "here")}
+    named = tmp_path / "named.csv"
+    named.write_text("words,labels\n" + "\n".join(rows[:1] * 6) + "\n")
+    task = load_task(TaskConfig(task=str(named), kind="token-classification", tokens_column="words", tags_column="labels"))
+    assert task.label_names == ["O", "B-LOC", "B-PER"]
+    uneven = tmp_path / "uneven.csv"
+    uneven.write_text("tokens,tags\njohn lives,B-PER\n")
+    with pytest.raises(DataError, match="row 1 has 2 tokens but 1 tags"):
+        load_task(TaskConfig(task=str(uneven)))
+    text = tmp_path / "reviews.csv"
+    text.write_text("text,label\n" + "".join(f"good {i},pos\nbad {i},neg\n" for i in range(5)))
+    assert load_task(TaskConfig(task=str(text))).kind == "text-classification"  # other CSVs stay text classification
+
+
 def test_labels_go_to_the_first_sub_token_only(tiny_tokenizer):
     # johnny -> john ##ny, yorker -> york ##er: the second piece of each word is ignored (-100).
     tags = {"O": 0, "B-LOC": 1, "B-PER": 2, "I-LOC": 3}
