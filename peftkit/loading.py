@@ -23,6 +23,9 @@ from peftkit.errors import AdapterFileError, ModelKindError, PeftkitError
 logger = logging.getLogger(__name__)
 
 TASK_INFO_FILE = "peftkit_task.json"  # beside PEFT (LoRA) adapters, whose config has no room for it
+# What one task adapter needs on disk, so what it costs in bytes: PEFT's two files, its task
+# (labels, columns) and, beside a PEFT adapter, peftkit's options (peft_model.PEFT_OPTIONS_NAME).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", TASK_INFO_FILE, "peftkit_options.json")
 
 
 # -- loading models -------------------------------------------------------------------------------

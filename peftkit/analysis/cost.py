@@ -8,7 +8,8 @@ here comes from the adapter directory and the method's declared attributes
 
 * trainable parameters: the elements of the tensors stored in ``adapter_model.safetensors``
   (what trained is what is saved), split into the method's own and the task head's;
-* bytes per task: ``adapter_config.json`` + ``adapter_model.safetensors``; LoRA fusion's pool
+* bytes per task: the files one task needs (``loading.ADAPTER_FILES``: PEFT's config and
+  weights, the task's labels, peftkit's options beside a PEFT adapter); LoRA fusion's pool
   is shared by every task and reported apart;
 * backbone weights rewritten per task switch: for a method that trains backbone weights, the
   backbone tensors its file stores; for a merged adapter, the backbone tensors its ``merge``
@@ -29,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from peftkit.errors import AdapterFileError
+from peftkit.loading import ADAPTER_FILES
 from peftkit.methods.registry import get_method
 from peftkit.models.backbones import backbone
 from peftkit.peft_model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PeftModel, read_adapter_config, read_peft_options
@@ -134,7 +136,7 @@ def cost_report(adapter_dir: str | os.PathLike, merged: bool = False, model: nn.
     files = {path.name: path.stat().st_size for path in sorted(directory.iterdir()) if path.is_file()}
     report: dict[str, Any] = {
         "adapter_dir": str(directory),
-        "bytes_per_task": sum(files.get(name, 0) for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)),
+        "bytes_per_task": sum(files.get(name, 0) for name in ADAPTER_FILES),
         "files": files,
         "merged": merged,
         "notes": [],

@@ -42,10 +42,10 @@ from tqdm.auto import tqdm
 
 from peftkit.errors import TrainingError
 from peftkit.files import atomic_write_json, atomic_write_text, ensure_output_dir
+from peftkit.loading import ADAPTER_FILES
 from peftkit.training.selection import grid_points, select_and_repeat
 
 # What a task's adapter is on disk (peftkit_task.json and peftkit_options.json: beside PEFT's files).
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "peftkit_task.json", "peftkit_options.json")
 SELECTION_FILE = "selection.json"
 TEXT_METHODS = "pasta,lora,wegeft,bitfit,feature-probe,full"
 IMAGE_METHODS = "vpt-shallow,vpt-deep,linear,full,lora,wegeft"

@@ -35,6 +35,18 @@ def adapter_bytes(directory) -> int:
     return sum(os.path.getsize(directory / name) for name in ("adapter_config.json", "adapter_model.safetensors"))
 
 
+def test_bytes_per_task_count_every_file_a_task_needs_as_compare_does(tmp_path):
+    """A served task needs its labels (peftkit_task.json) too; compare's "adapter bytes" counts the same files."""
+    from peftkit.training.compare import _adapter_bytes
+
+    directory = save_peftkit(tmp_path, "pasta", peftkit.PastaConfig(special_token_ids=[2, 3]))
+    (directory / "peftkit_task.json").write_text('{"label_names": ["a", "b"]}')
+    (directory / "notes.txt").write_text("not part of the task")
+    report = cost_report(directory)
+    assert report["bytes_per_task"] == adapter_bytes(directory) + os.path.getsize(directory / "peftkit_task.json")
+    assert report["bytes_per_task"] == _adapter_bytes(directory)
+
+
 def save_peftkit(tmp_path, name, config, model=None):
     peft_model = peftkit.get_peft_model(model if model is not None else tiny(), config)
     peft_model.save_pretrained(tmp_path / name)
