@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from peftkit.errors import PeftkitError, RequestError
+from peftkit.loading import ADAPTER_FILES
 from peftkit.serving.batching import BatchingQueue
 from peftkit.serving.multi_task import MultiTaskModel, check_task_name, load_task_adapter
 from peftkit.serving.rows import (
@@ -155,7 +156,8 @@ class QueuedRow:
 
 
 def _adapter_bytes(directory: Path) -> int:
-    return sum(path.stat().st_size for path in directory.glob("adapter_model.*") if path.is_file())
+    """The bytes of the files one task needs (``loading.ADAPTER_FILES``), as cost and compare count them."""
+    return sum((directory / name).stat().st_size for name in ADAPTER_FILES if (directory / name).is_file())
 
 
 class TaskServer:

@@ -41,7 +41,7 @@ class TaskSpec:
     label_names: tuple[str, ...]
     takes_pairs: bool  # trained on (text, text_pair); single-text tasks refuse a pair
     method: str  # "pasta", "lora", ...
-    adapter_bytes: int  # size of the adapter's weight file(s) on disk
+    adapter_bytes: int  # size of the files the task needs on disk (loading.ADAPTER_FILES)
 
 
 @dataclasses.dataclass

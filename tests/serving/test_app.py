@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from peftkit.analysis.cost import cost_report
 from peftkit.errors import AdapterMismatchError
 from peftkit.serving.app import TaskServer, create_app
 from tests.serving.conftest import TASKS, LiveServer, assert_same_answer, free_port, random_text
@@ -83,7 +84,7 @@ def test_health_tasks_and_schema(live, adapter_dirs):
     for name, (method, kind, labels, pairs) in TASKS.items():
         assert tasks[name]["method"] == method and tasks[name]["kind"] == kind
         assert tasks[name]["labels"] == labels and tasks[name]["text_pair"] == pairs
-        assert tasks[name]["bytes"] == (adapter_dirs[name] / "adapter_model.safetensors").stat().st_size
+        assert tasks[name]["bytes"] == cost_report(adapter_dirs[name])["bytes_per_task"] > (adapter_dirs[name] / "adapter_model.safetensors").stat().st_size
     schema = httpx.get(f"{live.url}/openapi.json").json()["components"]["schemas"]
     assert {"PredictRequest", "PredictResponse", "TaskInfo", "AdapterRequest", "ErrorResponse"} <= set(schema)
     assert httpx.get(f"{live.url}/docs").status_code == 200
