@@ -406,7 +406,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         cells = [("—" if row.get(key) is None else fmt.format(row[key])) for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = len(rows[0]["seeds"]) if rows else 0
-    note = (f"\nMean ± sample standard deviation over {seeds} seed{'s' if seeds != 1 else ''} on the validation split; settings chosen on a "
+    spread = "One seed (no spread: pass --seeds 2 or more for a std)" if seeds == 1 else f"Mean ± sample standard deviation over {seeds} seeds"
+    note = (f"\n{spread} on the validation split; settings chosen on a "
             "dev split carved from the training data, with early stopping on it.\n") if rows else ""
     return "\n".join(lines) + "\n" + note
 

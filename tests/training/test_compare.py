@@ -252,3 +252,11 @@ def test_compare_trains_pefts_methods_side_by_side(model_and_task, tmp_path):
         assert row["chosen"]["learning_rate"] in SELECTION_GRIDS[method]["quick"]["learning_rate"]
     # Merged, IA3 rewrites its target weights (counted through PEFT's own merge); prompt tuning has nothing to merge.
     assert rows["ia3"]["backbone_weights_rewritten_if_merged"] > 0 and rows["prompt-tuning"]["backbone_weights_rewritten_if_merged"] == 0
+
+
+def test_the_tables_note_says_one_seed_has_no_spread():
+    from peftkit.training.compare import markdown_table
+
+    row = {"method": "pasta", "primary_metric": "f1", "metric": 0.5, "seeds": [0]}
+    assert "One seed (no spread: pass --seeds 2 or more for a std)" in markdown_table([row])
+    assert "Mean ± sample standard deviation over 3 seeds" in markdown_table([{**row, "seeds": [0, 1, 2]}])
