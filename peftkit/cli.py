@@ -581,6 +581,11 @@ def _flags_typed(annotation_prefix: str) -> set[str]:
     }
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The peftkit command ``argv`` runs ("train", "compare", ...), or None before one is named."""
+    return next((argument for argument in argv if argument in COMMANDS), None)
+
+
 # Flags users bring from other tools, and the flag that means the same here.
 FLAG_ALIASES = {"lr": "learning_rate", "num_epochs": "epochs", "num_train_epochs": "epochs", "bs": "batch_size",
                 "per_device_train_batch_size": "batch_size", "model_name_or_path": "model", "output_dir": "output",
@@ -596,7 +601,7 @@ def check_unknown_flags(argv: list[str]) -> None:
     Raises PeftkitError naming the flag, the likely one, and ``--help``."""
     import difflib
 
-    command = next((argument for argument in argv if argument in COMMANDS), None)
+    command = _command_of(argv)
     if command is None:
         return
     known = set(inspect.signature(COMMANDS[command]).parameters)
@@ -718,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peftkit: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        command = next((argument for argument in argv if argument in COMMANDS), "train")
+        command = _command_of(argv) or "train"
         what = ("the finished runs are kept and the cut-off one resumes from its checkpoint"
                 if command == "compare" else "it continues from the last checkpoint")
         print(f"\npeftkit: interrupted; run the same `peftkit {command}` command with --resume and {what}.", file=sys.stderr)

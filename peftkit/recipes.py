@@ -177,8 +177,11 @@ def recipe(method: str, kind: str | None = None) -> dict[str, Any]:
             "or add an entry to peftkit.recipes.RECIPES."
         )
     values = dict(RECIPES.get(method.lower(), RECIPES[name]))
-    for field, value in KIND_RECIPES.get(kind, {}).items():
-        values[field] = max(values[field], value) if field == "epochs" and field in values else values.get(field, value)
+    for_kind = KIND_RECIPES.get(kind, {})
+    if "epochs" in for_kind:  # at least the kind's epochs: a recipe that wants more keeps them
+        values["epochs"] = max(values["epochs"], for_kind["epochs"])
+    for field, value in for_kind.items():
+        values.setdefault(field, value)  # the method's own early stopping wins
     return values
 
 

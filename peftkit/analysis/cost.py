@@ -90,10 +90,15 @@ def weights_written_by_merge(record: dict[str, Any], model: nn.Module) -> tuple[
     spec = get_method(record["peftkit_method"])
     fields = {k: v for k, v in record.items() if k in spec.config_class.__dataclass_fields__}
     wrapped = PeftModel(copy.deepcopy(model), spec.config_class.from_dict(fields))
-    params = {id(p): p for p in backbone(wrapped.base_model).parameters()}
-    versions = {key: p._version for key, p in params.items()}
-    wrapped.adapter.merge(wrapped.base_model)
-    written = [p for key, p in params.items() if p._version != versions[key]]
+    return _written_by(list(backbone(wrapped.base_model).parameters()), lambda: wrapped.adapter.merge(wrapped.base_model))
+
+
+def _written_by(params: list[nn.Parameter], merge) -> tuple[int, int]:
+    """(elements, tensors) of ``params`` that ``merge()`` writes: in place (the tensor's version
+    counter moves) or by replacing its data (a new storage, as PEFT's IA3 merge does)."""
+    before = [(p.data_ptr(), p._version) for p in params]
+    merge()
+    written = [p for p, state in zip(params, before) if (p.data_ptr(), p._version) != state]
     return sum(p.numel() for p in written), len(written)
 
 
@@ -105,18 +110,13 @@ def weights_written_by_peft_merge(record: dict[str, Any], model: nn.Module) -> t
     """(elements, tensors) of the backbone that PEFT's own ``merge_adapter`` writes for the PEFT
     config ``record`` (IA3 scales its target weights, and their biases outside the feed-forward).
     The adapter is rebuilt on a copy of ``model`` from the record alone, without its task head:
-    which tensors a merge writes depends on the targets and shapes, not on trained values. A
-    tensor counts as written when PEFT replaced its data (a new storage) or wrote it in place."""
+    which tensors a merge writes depends on the targets and shapes, not on trained values."""
     import peft
 
     fields = {key: value for key, value in record.items() if key not in ("modules_to_save", "task_type")}
     config = peft.get_peft_config(fields)
     wrapped = peft.get_peft_model(copy.deepcopy(model), config)
-    params = {name: p for name, p in wrapped.get_base_model().named_parameters() if not p.requires_grad}
-    before = {name: (p.data_ptr(), p._version) for name, p in params.items()}
-    wrapped.merge_adapter()
-    written = [p for name, p in params.items() if (p.data_ptr(), p._version) != before[name]]
-    return sum(p.numel() for p in written), len(written)
+    return _written_by([p for p in wrapped.get_base_model().parameters() if not p.requires_grad], wrapped.merge_adapter)
 
 
 def cost_report(adapter_dir: str | os.PathLike, merged: bool = False, model: nn.Module | None = None) -> dict[str, Any]:

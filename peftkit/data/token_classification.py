@@ -258,8 +258,7 @@ def _cell_list(cell: str | None) -> list[str] | None:
 
 
 def _is_string_list(feature) -> bool:
-    inner = getattr(feature, "feature", None)
-    return isinstance(inner, Value) and inner.dtype in ("string", "large_string")
+    return _is_string(getattr(feature, "feature", None))
 
 
 def _check_bio(names: list[str], where: str) -> None:
