@@ -16,7 +16,7 @@ import pytest
 
 from peftkit.analysis.cost import cost_report
 from peftkit.errors import AdapterMismatchError
-from peftkit.serving.app import TaskServer, create_app
+from peftkit.serving.app import BODY_EXAMPLES, TaskServer, create_app
 from tests.serving.conftest import TASKS, LiveServer, assert_same_answer, free_port, random_text
 
 
@@ -124,6 +124,21 @@ def test_every_bad_input_is_a_json_4xx_naming_problem_and_fix(live, references):
 
     broken = httpx.post(f"{live.url}/predict", content=b'{"task": "sentiment", "text": ', headers={"content-type": "application/json"})
     assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
+    # A JSON body under another Content-Type (curl -d without -H) or none is refused for its header, by
+    # name, on both body routes; JSON with a charset is read.
+    body = b'{"task": "sentiment", "text": "a movie"}'
+    for route, content_type in [("/predict", "application/x-www-form-urlencoded"), ("/predict", "text/plain"),
+                                ("/predict", None), ("/adapters", "application/x-www-form-urlencoded")]:
+        headers = {"content-type": content_type} if content_type else {}
+        wrong_type = httpx.post(f"{live.url}{route}", content=body, headers=headers)
+        assert wrong_type.status_code == 415, (route, content_type, wrong_type.text)
+        error = wrong_type.json()["error"]
+        assert error["code"] == "unsupported_media_type", error
+        assert (content_type or "no Content-Type") in error["message"], error
+        assert "-H 'Content-Type: application/json'" in error["message"] and BODY_EXAMPLES[route] in error["message"]
+    charset = httpx.post(f"{live.url}/predict", content=body, headers={"content-type": "application/json; charset=utf-8"})
+    assert charset.status_code == 200, charset.text
+    assert 'peftkit_errors_total{code="unsupported_media_type"} 4.0' in httpx.get(f"{live.url}/metrics").text
     missing_route = httpx.get(f"{live.url}/predictions")
     assert missing_route.status_code == 404 and "/predict" in missing_route.json()["error"]["message"]
 
