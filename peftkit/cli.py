@@ -327,8 +327,10 @@ def predict_command(
     output: str | None = None,
     text_column: str = "text",
     text_pair_column: str | None = None,
+    id_column: str | None = None,
     batch_size: int = 32,
     truncate: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Predict with a saved adapter: a label with its probability, or the entities in a sentence;
     with --input, every row of a file (one JSON line each in --output).
@@ -341,11 +343,13 @@ def predict_command(
         model: Base model directory (default: the one recorded in the adapter).
         top_k: How many labels to list for classification.
         input: A CSV/JSONL file or a `datasets` directory (save_to_disk) of texts to predict.
-        output: The JSONL file to write, one answer per input row in order (with --input).
+        output: The JSONL file to write, one answer per input row in order, each led by its "row" index (with --input).
         text_column: Column of --input holding the text.
         text_pair_column: Column of --input holding the second text, for pair tasks.
+        id_column: Column of --input copied into each answer (e.g. an id), to join answers back to rows.
         batch_size: Rows (with --input) or images per forward pass, in each process.
         truncate: Cut texts longer than the model reads instead of refusing the file.
+        overwrite: Replace an existing --output file.
     """
     import torch
 
@@ -360,7 +364,8 @@ def predict_command(
         if input is None or output is None:
             raise DataError("batch prediction needs both --input FILE and --output predictions.jsonl.")
         return predict_file(adapter, input, output, model=model, text_column=text_column,
-                            text_pair_column=text_pair_column, batch_size=batch_size, truncate=truncate)
+                            text_pair_column=text_pair_column, id_column=id_column, batch_size=batch_size,
+                            truncate=truncate, overwrite=overwrite)
     if is_icl_directory(adapter):
         if text is None:
             raise DataError("pass --text \"...\" to classify in context.")

@@ -75,13 +75,18 @@ def predict_file(
     model: str | None = None,
     text_column: str = "text",
     text_pair_column: str | None = None,
+    id_column: str | None = None,
     batch_size: int = 32,
     truncate: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Predict every row of ``input`` with the adapter in ``adapter``; write ``output`` (JSONL).
 
-    Returns {"rows": ..., "output": ..., "num_processes": ...}. Raises DataError for an unreadable input, a missing
-    column, an empty or over-long text (unless ``truncate``) naming the row, or an image adapter."""
+    Each line is one input row's answer, in input order, led by ``"row"`` (its 0-based index in ``input``) and,
+    with ``id_column``, that column's value under its own name, so answers join back to the input by key.
+    Returns {"rows": ..., "output": ..., "num_processes": ...}. Raises DataError for an existing ``output``
+    (unless ``overwrite``), an unreadable input, a missing column, an empty or over-long text (unless
+    ``truncate``) naming the row, or an image adapter."""
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
@@ -92,12 +97,15 @@ def predict_file(
 
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {batch_size}.")
+    if Path(output).exists() and not overwrite:
+        raise DataError(f"--output {output} already exists; pass --overwrite true to replace it, or name a new file.")
     state = process_state()
     rows = read_rows(input)
-    missing = [column for column in (text_column, text_pair_column) if column and column not in rows.column_names]
+    missing = [column for column in (text_column, text_pair_column, id_column) if column and column not in rows.column_names]
     if missing:
+        flag = "--id-column" if missing[0] == id_column else "--text-column / --text-pair-column"
         raise DataError(f"--input {input} has no column {missing[0]!r} (columns: {rows.column_names}); "
-                        "name the right one with --text-column / --text-pair-column.")
+                        f"name the right one with {flag}.")
     adapted, tokenizer, info = load_adapter(adapter, model)
     if info["kind"] not in SERVED_KINDS:
         raise DataError(f"batch prediction reads texts; {adapter} is a {info['kind']} adapter. Use --image for one image.")
@@ -132,7 +140,8 @@ def predict_file(
                 row_logits = logits[index]
                 if row_logits.dim() == 2:  # token classification: the row's own tokens, without padding
                     row_logits = row_logits[inputs["attention_mask"][index].bool()]
-                answers.append(_round(answer_row(spec, row_logits, row)))
+                key = {"row": start + index, **({id_column: batch[id_column][index]} if id_column else {})}
+                answers.append({**key, **_round(answer_row(spec, row_logits, row))})
             progress.update(len(encoded))
     except DataError as error:
         failure = str(error)

@@ -43,9 +43,32 @@ def test_every_row_answered_in_order_as_its_own_model(task, model_dir, adapter_d
     result = predict_file(str(adapter_dirs[task]), str(source), str(output), model=str(model_dir), batch_size=4)
     assert result["rows"] == ROWS
     answers = read_jsonl(output)
-    assert len(answers) == ROWS
+    assert [answer["row"] for answer in answers] == list(range(ROWS))
     for text, answer in zip(texts, answers):
         assert_same_answer(answer, references.answer(task, text), tolerance=2 * 10**-DECIMALS)
+
+
+def test_answers_carry_an_id_column_and_never_replace_a_file_unasked(model_dir, adapter_dirs, references, texts, tmp_path):
+    ids = [f"mail-{index:03d}" for index in reversed(range(ROWS))]  # ids unrelated to row order
+    source = tmp_path / "data.csv"
+    Dataset.from_dict({"id": ids, "text": texts}).to_csv(str(source), index=False)
+    output = tmp_path / "predictions.jsonl"
+    predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir), id_column="id", batch_size=5)
+    answers = read_jsonl(output)
+    assert [(answer["row"], answer["id"]) for answer in answers] == list(enumerate(ids))
+    for text, answer in zip(texts, answers):
+        assert_same_answer(answer, references.answer("sentiment", text), tolerance=2 * 10**-DECIMALS)
+
+    before = output.read_text()
+    with pytest.raises(DataError, match=r"predictions.jsonl already exists; pass --overwrite true"):
+        predict_file(str(adapter_dirs["ner"]), str(source), str(output), model=str(model_dir))
+    assert output.read_text() == before
+    with pytest.raises(DataError, match=r"no column 'key'.*--id-column"):
+        predict_file(str(adapter_dirs["ner"]), str(source), str(output), model=str(model_dir), id_column="key", overwrite=True)
+    assert output.read_text() == before
+    assert main(["predict", str(adapter_dirs["ner"]), "--input", str(source), "--output", str(output),
+                 "--model", str(model_dir), "--overwrite", "true"]) == 0
+    assert [answer["row"] for answer in read_jsonl(output)] == list(range(ROWS)) and "words" in read_jsonl(output)[0]
 
 
 def test_jsonl_and_saved_datasets_with_pairs(model_dir, adapter_dirs, references, texts, tmp_path):
