@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from peftkit.errors import AdapterFileError, AdapterMismatchError, DataError, MethodConfigError, PeftkitError
+from peftkit.errors import AdapterFileError, AdapterMismatchError, DataError, MethodConfigError, PeftkitError, RequestError
 from peftkit.loading import (
     load_adapter,
     load_base_model,
@@ -205,6 +205,7 @@ def train_command(
         training_config, output_dir, primary_metric=data.primary_metric(loaded_task.kind),
         resume=resume, overwrite=overwrite,
         save_adapter=lambda directory: save_adapter_with_task(adapted, directory, task_info),
+        eval_split_name="validation" if dev_set is None else "dev",
     )
     metrics["majority_baseline"] = data.majority_baseline(loaded_task)
     if dev_set is not None:
@@ -212,6 +213,7 @@ def train_command(
 
         best, _, _ = load_adapter(output_dir, model_path, task_info)
         metrics["dev_examples"] = len(dev_set)
+        metrics["reported_examples"] = len(validation_set)
         metrics["reported_metrics"] = evaluate(best, validation_set, data.make_collator(loaded_task.kind, processor), metrics_fn, batch_size=eval_batch_size)
     metrics["wall_seconds"] = time.perf_counter() - started
     if is_main_process:
@@ -369,6 +371,8 @@ def predict_command(
     if is_icl_directory(adapter):
         if text is None:
             raise DataError("pass --text \"...\" to classify in context.")
+        if not text.strip():
+            raise DataError("--text is empty: pass the text to classify (at least one non-space character).")
         classifier, info = load_icl_directory(adapter, model)
         adapted = processor = None
     elif is_feature_probe_directory(adapter):  # the frozen backbone + the fitted probe, called like an adapted model
@@ -389,18 +393,30 @@ def predict_command(
         raise DataError(f"this adapter does {kind} of text, not images; pass --text \"...\".")
     elif text is None:
         raise DataError("pass --text \"...\" to predict on.")
-    elif kind == "token-classification":
-        words = text.split()
-        inputs = processor(words, is_split_into_words=True, truncation=True, max_length=info.get("max_length"), return_tensors="pt")
     else:
-        inputs = processor(text, text_pair, truncation=True, max_length=info.get("max_length"), return_tensors="pt")
+        # The server's and `predict --input`'s encoding and checks, so all three answer a text alike: an
+        # empty text is refused, and one longer than the model reads is refused unless --truncate.
+        from peftkit.serving.rows import TaskSpec, encode_row, model_max_length, pad_rows
+
+        spec = TaskSpec(Path(adapter).name, kind, tuple(label_names), takes_pairs, "", 0)
+        try:
+            # The feature probe keeps its backbone's config on the backbone.
+            config = getattr(adapted, "config", None) or getattr(getattr(adapted, "backbone", None), "config", None)
+            row = encode_row(processor, spec, text, text_pair, max_length=model_max_length(processor, config),
+                             truncate=truncate, truncate_field="--truncate")
+        except RequestError as error:
+            raise DataError(str(error).replace("send the text", "pass the text")) from None
+        inputs = pad_rows(processor, [row], next(adapted.parameters()).device)
+        if row.truncated:
+            print("(the text was truncated to the tokens the model reads)")
 
     if adapted is not None:
         with torch.no_grad():
             logits = adapted(**inputs).logits[0]
 
     if kind == "token-classification":
-        predicted = data.word_predictions(inputs.word_ids(0), logits.argmax(-1).tolist(), len(words))
+        words = text.split()
+        predicted = data.word_predictions(row.word_ids, logits.argmax(-1).tolist(), len(words))
         tags = [label_names[i] if i is not None else "O" for i in predicted]
         entities = [
             {"type": kind_, "text": span, "start": start, "end": end}

@@ -130,7 +130,8 @@ def predict_file(
             encoded = []
             for offset, (text, text_pair) in enumerate(zip(batch[text_column], pairs)):
                 try:
-                    encoded.append(encode_row(tokenizer, spec, text, text_pair, max_length=max_length, truncate=truncate))
+                    encoded.append(encode_row(tokenizer, spec, text, text_pair, max_length=max_length, truncate=truncate,
+                                              truncate_field="--truncate"))
                 except RequestError as error:
                     raise DataError(f"row {start + offset} of {input}: {error}") from None
             inputs = pad_rows(tokenizer, encoded, device)

@@ -84,13 +84,15 @@ def check_text_pair(task: str, takes_pairs: bool, has_pair: bool, *, text_field:
 
 
 def encode_row(
-    tokenizer, spec: TaskSpec, text: Any, text_pair: Any = None, *, max_length: int, truncate: bool = False
+    tokenizer, spec: TaskSpec, text: Any, text_pair: Any = None, *, max_length: int, truncate: bool = False,
+    truncate_field: str = '"truncate": true',
 ) -> EncodedRow:
     """Tokenize one row for ``spec``'s task.
 
     Raises RequestError (status 422) for a non-string or empty text, a pair sent to a
     single-text task or a pair missing for a pair task, and (status 422, code text_too_long) for a
-    row over ``max_length`` tokens when ``truncate`` is false."""
+    row over ``max_length`` tokens when ``truncate`` is false; that message names ``truncate_field``
+    as the caller's user writes it (the JSON field, or ``--truncate`` for ``peftkit predict``)."""
     for field, value in (("text", text), ("text_pair", text_pair)):
         if value is None and field == "text_pair":
             continue
@@ -116,7 +118,7 @@ def encode_row(
         if not truncate:
             raise RequestError(
                 f"the text is {num_tokens} tokens long and this model reads at most {max_length}: shorten it, "
-                "or send \"truncate\": true to classify only its first tokens.", code="text_too_long",
+                f"or send {truncate_field} to classify only its first tokens.", code="text_too_long",
             )
         if spec.kind == TOKEN_CLASSIFICATION:
             encoding = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)

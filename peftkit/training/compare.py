@@ -135,6 +135,7 @@ def run_method_selection(spec: dict[str, Any]) -> dict[str, Any]:
             "epochs_run": len(metrics["epochs"]),
             "stopped_early": metrics.get("stopped_early", False),
             "num_train_examples": metrics["num_train_examples"],
+            "reported_examples": metrics.get("reported_examples"),
             "dev_examples": metrics["dev_examples"],
             "trainable_parameters": metrics["trainable_parameters"],
             "trainable_percent": metrics["trainable_percent"],
@@ -329,6 +330,10 @@ def summarise(method: str, selection: dict[str, Any]) -> dict[str, Any]:
         "backbone_weights_rewritten_if_merged": _weights_rewritten(run_dir, merged=True),
         "train_seconds": sum(run["train_seconds"] for run in runs),
         "epochs_run": [run["epochs_run"] for run in kept],
+        "best_epochs": [run.get("best_epoch") for run in kept],
+        "stopped_early": [bool(run.get("stopped_early")) for run in kept],
+        "reported_examples": first.get("reported_examples"),
+        "dev_examples": first.get("dev_examples"),
     }
 
 
@@ -409,11 +414,72 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     spread = "One seed (no spread: pass --seeds 2 or more for a std)" if seeds == 1 else f"Mean ± sample standard deviation over {seeds} seeds"
     note = (f"\n{spread} on the validation split; settings chosen on a "
             "dev split carved from the training data, with early stopping on it.\n") if rows else ""
-    return "\n".join(lines) + "\n" + note
+    reading = reading_notes(rows)
+    return "\n".join(lines) + "\n" + note + ("\nHow to read it:\n\n" + "".join(f"- {line}\n" for line in reading) if reading else "")
+
+
+# A dev split smaller than this rests a grid choice on a handful of rows (a 2-point gap is one row at 50).
+SMALL_DEV_SPLIT = 100
+
+
+def _within_one_std(leader: dict[str, Any], row: dict[str, Any]) -> bool:
+    spread = max(leader.get("metric_std") or 0.0, row.get("metric_std") or 0.0)
+    return leader["metric"] - row["metric"] <= spread
+
+
+def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What the table can and cannot tell a user choosing a method, from the rows alone: the
+    baseline to beat, the validation split's size, which methods sit within one std of the best
+    (the table does not separate them; of those, the one training fewest parameters is named), the
+    methods whose kept runs were still improving at their last epoch (their budget, not the method,
+    may be what limits them), and a dev split too small to choose settings on firmly."""
+    if not rows:
+        return []
+    metric = rows[0]["primary_metric"]
+    notes = []
+    baseline = next((row["majority_baseline"] for row in rows if row.get("majority_baseline") is not None), None)
+    size = next((row["reported_examples"] for row in rows if row.get("reported_examples")), None)
+    scored = f"{size:,d} validation examples" if size else "the validation split"
+    if baseline is not None:
+        notes.append(f"Predicting the majority class scores {baseline:.4f} {metric} on {scored}"
+                     + (f"; one example there is {1 / size:.4f} of accuracy." if size and metric == "accuracy" else "."))
+    ranked = sorted(rows, key=lambda row: row["metric"], reverse=True)
+    leader = ranked[0]
+    if len(ranked) > 1:
+        if leader.get("metric_std") is None:
+            notes.append(f"{leader['method']} scores highest, but with one seed there is no spread to judge a gap by: "
+                         "pass --seeds 3 before choosing on it.")
+        else:
+            tied = [row for row in ranked if _within_one_std(leader, row)]
+            if len(tied) == 1:
+                second = ranked[1]
+                notes.append(f"{leader['method']} leads by {leader['metric'] - second['metric']:.4f} over {second['method']}, "
+                             "more than one std of either.")
+            else:
+                cheapest = min(tied, key=lambda row: row["trainable_parameters"])
+                notes.append(f"Within one std of the best ({leader['method']}): "
+                             + ", ".join(row["method"] for row in tied[1:])
+                             + f". The table does not separate these; of them {cheapest['method']} trains the fewest "
+                             f"parameters ({cheapest['trainable_parameters']:,d}, {cheapest['trainable_percent']:.4f}%).")
+    for row in rows:
+        runs = [(best, ran, early) for best, ran, early in zip(row.get("best_epochs", []), row.get("epochs_run", []),
+                                                             row.get("stopped_early", [])) if ran]
+        improving = [(best, ran) for best, ran, early in runs if best == ran and not early]
+        if improving:
+            share = "every kept run was" if len(improving) == len(runs) else f"{len(improving)} of {len(runs)} kept runs were"
+            notes.append(f"{row['method']}: {share} still improving at its last epoch ({improving[0][1]}): more --epochs "
+                         "may raise it, so its row is a floor.")
+    dev = min((row["dev_examples"] for row in rows if row.get("dev_examples")), default=None)
+    if dev is not None and dev < SMALL_DEV_SPLIT:
+        notes.append(f"Settings were chosen and runs stopped on {dev} dev examples, few to choose on: more training "
+                     "rows (--max-train-examples) make the choice firmer.")
+    return notes
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
-    """Metric (mean ± std) against trainable parameters (log scale), and step time / memory ratios to full."""
+    """Metric (mean ± std, bars clipped to [0, 1], the majority class dashed) against trainable parameters
+    (log scale); beside it step time and peak memory as ratios to full fine-tuning, or in seconds and
+    GiB when the compare has no full fine-tuning."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -422,8 +488,15 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for row in rows:
         trained = max(row["trainable_parameters"], 1)  # in-context learning trains 0: drawn at 1 on the log axis
-        left.errorbar(trained, row["metric"], yerr=row["metric_std"] or 0.0, fmt="o", capsize=4)
+        std = row["metric_std"] or 0.0
+        # Accuracy and F1 lie in [0, 1]: a bar past either end would draw scores no run can have.
+        low, high = min(std, row["metric"]), min(std, 1.0 - row["metric"])
+        left.errorbar(trained, row["metric"], yerr=[[max(low, 0.0)], [max(high, 0.0)]], fmt="o", capsize=4)
         left.annotate(row["method"], (trained, row["metric"]), textcoords="offset points", xytext=(4, 4))
+    baseline = rows[0].get("majority_baseline") if rows else None
+    if baseline is not None:
+        left.axhline(baseline, color="grey", linestyle="--", linewidth=0.8, label=f"majority class ({baseline:.3f})")
+        left.legend(loc="lower right")
     left.set_xscale("log")
     left.set_xlabel("trainable parameters")
     left.set_ylabel(f"validation {rows[0]['primary_metric']} (mean ± std)" if rows else "metric")
@@ -431,14 +504,26 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     names = [row["method"] for row in rows]
     positions = range(len(rows))
     width = 0.4
-    step = [row["step_time_vs_full"] or 0 for row in rows]
-    memory = [row["peak_memory_vs_full"] or 0 for row in rows]
-    right.bar([p - width / 2 for p in positions], step, width, label="step time ÷ full")
-    right.bar([p + width / 2 for p in positions], memory, width, label="peak memory ÷ full")
-    right.axhline(1.0, color="grey", linewidth=0.8)
+    if any(row["method"] == "full" for row in rows):
+        step = [row["step_time_vs_full"] or 0 for row in rows]
+        memory = [row["peak_memory_vs_full"] or 0 for row in rows]
+        right.bar([p - width / 2 for p in positions], step, width, label="step time ÷ full")
+        right.bar([p + width / 2 for p in positions], memory, width, label="peak memory ÷ full")
+        right.axhline(1.0, color="grey", linewidth=0.8)
+        right.set_title("cost relative to full fine-tuning")
+        right.legend()
+    else:  # no full fine-tuning to divide by: the measured figures, each on its own axis
+        memory_axis = right.twinx()
+        right.bar([p - width / 2 for p in positions], [row["median_step_seconds"] or 0 for row in rows], width,
+                  color="C0", label="median step time (s)")
+        memory_axis.bar([p + width / 2 for p in positions], [row["peak_memory_mb"] / 1024 for row in rows], width,
+                        color="C1", label="peak memory (GiB)")
+        right.set_ylabel("median step time (s)")
+        memory_axis.set_ylabel("peak memory (GiB)")
+        right.set_title("cost (no full fine-tuning in this compare)")
+        handles = [*right.get_legend_handles_labels()[0], *memory_axis.get_legend_handles_labels()[0]]
+        right.legend(handles, [handle.get_label() for handle in handles], loc="upper left")
     right.set_xticks(list(positions), names)
-    right.set_title("cost relative to full fine-tuning")
-    right.legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")

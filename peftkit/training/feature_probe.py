@@ -389,6 +389,7 @@ def train_feature_probe(
         "num_train_examples": len(train_set),
         "dev_examples": len(dev_set),
         "num_eval_examples": len(validation_set),
+        "reported_examples": len(validation_set),  # the name compare reads, as for a trained run with a dev split
         "model": model_path,
     }
     atomic_write_json(output_dir / "metrics.json", metrics)

@@ -308,8 +308,12 @@ def train(
     overwrite: bool = False,
     save_adapter: Callable[[Path], None] | None = None,
     greater_is_better: bool = True,
+    eval_split_name: str = "validation",
 ) -> dict[str, Any]:
     """Train the parameters of ``model`` that require grad; return (and write) metrics.json.
+
+    ``eval_split_name`` names ``eval_dataset`` in the per-epoch lines ("dev" when it is a split carved
+    from the training data, so its scores are not mistaken for the reported validation scores).
 
     ``metrics_fn(logits, labels)`` → dict holding ``primary_metric``. ``save_adapter(dir)``
     is called with ``output_dir`` whenever validation improves (default: the unwrapped model's
@@ -554,7 +558,7 @@ def train(
                     save_adapter(output_dir)
             if accelerator.is_local_main_process:
                 progress.write(
-                    f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, validation "
+                    f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, {eval_split_name} "
                     + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
                     + (" (best so far, saved)" if improved else "")
                 )
@@ -562,7 +566,7 @@ def train(
             stale_epochs = _stale_epochs(history["epochs"], primary_metric, greater_is_better)
             stopped_early = config.early_stopping_patience is not None and stale_epochs >= config.early_stopping_patience
             if stopped_early and epoch < config.epochs and accelerator.is_local_main_process:
-                progress.write(f"early stop: neither the validation {primary_metric} nor its loss improved for "
+                progress.write(f"early stop: neither the {eval_split_name} {primary_metric} nor its loss improved for "
                                f"{stale_epochs} epochs; best epoch {history['best_epoch']}")
             history["stopped_early"] = stopped_early and epoch < config.epochs
             finished = epoch >= config.epochs or global_step >= total_steps or stopped_early

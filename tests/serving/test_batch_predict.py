@@ -160,3 +160,30 @@ def test_predict_refuses_a_missing_or_unexpected_pair_as_the_server_does(model_d
     with pytest.raises(DataError, match="drop --text-pair-column"):
         predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir), text_pair_column="second")
     assert not output.exists()
+
+
+def test_predict_text_answers_checks_and_truncates_as_the_server_does(model_dir, adapter_dirs, references, capsys):
+    """`peftkit predict --text` encodes as the server does: the same probabilities and tags, an empty text
+    refused, an over-long one refused unless --truncate (it was cut silently at the training length)."""
+    from peftkit.cli import predict_command
+
+    text, long_text = "the movie was great", " ".join(["movie"] * 80)  # 82 tokens; the tiny model reads 64
+    for name, kwargs in [("sentiment", {}), ("topic", {"text_pair": "the plot"}), ("ner", {})]:
+        answer = predict_command(str(adapter_dirs[name]), text=text, model=str(model_dir), **kwargs)
+        expected = references.answer(name, text, kwargs.get("text_pair"))
+        if "label" in expected:
+            assert answer["label"] == expected["label"]
+            for label, probability in expected["probabilities"].items():
+                assert answer["probabilities"][label] == pytest.approx(probability, abs=1e-5)
+        else:
+            assert answer["tags"] == [word["label"] for word in expected["words"]]
+    capsys.readouterr()
+    for bad in ("", "   "):
+        assert main(["predict", str(adapter_dirs["sentiment"]), "--model", str(model_dir), "--text", bad]) == 2
+        assert "text is empty: pass the text to classify" in capsys.readouterr().err
+    assert main(["predict", str(adapter_dirs["sentiment"]), "--model", str(model_dir), "--text", long_text]) == 2
+    assert "82 tokens long and this model reads at most 64: shorten it, or send --truncate" in capsys.readouterr().err
+    cut = predict_command(str(adapter_dirs["sentiment"]), text=long_text, model=str(model_dir), truncate=True)
+    assert "truncated" in capsys.readouterr().out
+    expected = references.answer("sentiment", long_text, truncate=True)
+    assert cut["label"] == expected["label"] and cut["probability"] == pytest.approx(expected["score"], abs=1e-5)

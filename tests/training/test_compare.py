@@ -78,7 +78,13 @@ def test_compare_chooses_on_dev_reports_validation_and_keeps_every_run(model_and
     assert rows["full"]["backbone_weights_rewritten_per_switch"] > 0 == rows["linear"]["backbone_weights_rewritten_per_switch"]
     table = (output / "compare.md").read_text()
     assert table == markdown_table(saved["rows"]) and "| linear |" in table and " ± " in table
+    validation_size = len(load_task(TaskConfig(task=str(task), seed=3)).validation)
+    assert all(row["reported_examples"] == validation_size and row["dev_examples"] > 0 for row in saved["rows"])
+    assert "How to read it:" in table and f"on {validation_size:,d} validation examples" in table
     assert (output / "compare.png").stat().st_size > 1000
+    # Each epoch's line names the split it scored: the dev split, not the reported validation split.
+    log = (output / "linear.log").read_text()
+    assert "epoch 1/2: train loss" in log and ", dev accuracy " in log and ", validation accuracy " not in log
 
 
 def save_tiny_vit(directory: Path) -> Path:
@@ -260,3 +266,43 @@ def test_the_tables_note_says_one_seed_has_no_spread():
     row = {"method": "pasta", "primary_metric": "f1", "metric": 0.5, "seeds": [0]}
     assert "One seed (no spread: pass --seeds 2 or more for a std)" in markdown_table([row])
     assert "Mean ± sample standard deviation over 3 seeds" in markdown_table([{**row, "seeds": [0, 1, 2]}])
+
+
+def summary_row(method, metric, std, parameters, *, best_epochs=(3, 3), epochs_run=(5, 5), stopped_early=(True, True), dev=161):
+    return {"method": method, "primary_metric": "accuracy", "metric": metric, "metric_std": std, "seeds": [0, 1],
+            "trainable_parameters": parameters, "trainable_percent": parameters / 1e5, "majority_baseline": 0.25,
+            "reported_examples": 440, "dev_examples": dev, "best_epochs": list(best_epochs), "epochs_run": list(epochs_run),
+            "stopped_early": list(stopped_early), "median_step_seconds": 0.5, "peak_memory_mb": 900.0,
+            "step_time_vs_full": None, "peak_memory_vs_full": None, "adapter_bytes_vs_full": None}
+
+
+def test_the_reading_notes_say_what_the_table_can_and_cannot_tell():
+    from peftkit.training.compare import reading_notes
+
+    rows = [summary_row("full", 0.960, 0.004, 22_000_000), summary_row("pasta", 0.955, 0.006, 6_533),
+            summary_row("lora", 0.957, 0.010, 75_000, best_epochs=(5, 4), stopped_early=(False, False)),
+            summary_row("bitfit", 0.930, 0.005, 28_000, best_epochs=(5, 5), stopped_early=(False, False)),
+            summary_row("feature-probe", 0.950, 0.002, 1_925, best_epochs=(0, 0), epochs_run=(0, 0), stopped_early=(False, False))]
+    notes = reading_notes(rows)
+    assert notes[0] == "Predicting the majority class scores 0.2500 accuracy on 440 validation examples; one example there is 0.0023 of accuracy."
+    # pasta (0.005 below, its std 0.006) and lora (0.003 below) are within one std of full; the probe (0.010) and bitfit are not.
+    assert notes[1] == ("Within one std of the best (full): lora, pasta. The table does not separate these; of them pasta "
+                        "trains the fewest parameters (6,533, 0.0653%).")
+    assert notes[2:] == ["lora: 1 of 2 kept runs were still improving at its last epoch (5): more --epochs may raise it, so its row is a floor.",
+                         "bitfit: every kept run was still improving at its last epoch (5): more --epochs may raise it, so its row is a floor."]
+    # A clear leader, a small dev split, and one seed.
+    clear = reading_notes([summary_row("full", 0.96, 0.004, 10, dev=20), summary_row("pasta", 0.90, 0.01, 5, dev=20)])
+    assert "full leads by 0.0600 over pasta, more than one std of either." in clear
+    assert clear[-1].startswith("Settings were chosen and runs stopped on 20 dev examples")
+    single = reading_notes([summary_row("full", 0.96, None, 10), summary_row("pasta", 0.95, None, 5)])
+    assert "with one seed there is no spread to judge a gap by: pass --seeds 3" in single[1]
+    assert "How to read it:" in markdown_table(rows) and notes[1] in markdown_table(rows)
+
+
+def test_the_plot_without_full_fine_tuning_draws_measured_costs(tmp_path):
+    from peftkit.training.compare import plot_comparison
+
+    rows = [summary_row("pasta", 0.99, 0.05, 6_533), summary_row("feature-probe", 0.5, 0.0, 1_925)]
+    rows[1]["median_step_seconds"] = None  # no gradient steps
+    plot_comparison(rows, tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").stat().st_size > 1000
