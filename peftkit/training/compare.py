@@ -301,6 +301,19 @@ def _median_or_none(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
+def _chosen_at_grid_edge(selection: dict[str, Any]) -> dict[str, str]:
+    """{setting: "largest" | "smallest"} for each numeric setting chosen at an end of a grid of 3 or
+    more values (a 2-point grid always chooses an end): the best value may lie beyond the grid."""
+    seed = selection["runs"][0]["seed"] if selection["runs"] else None
+    grid = [run["settings"] for run in selection["runs"] if run["seed"] == seed]
+    edges = {}
+    for name, value in selection["chosen"].items():
+        values = sorted({settings[name] for settings in grid if isinstance(settings.get(name), (int, float))})
+        if len(values) >= 3 and value in (values[0], values[-1]):
+            edges[name] = "largest" if value == values[-1] else "smallest"
+    return edges
+
+
 def summarise(method: str, selection: dict[str, Any]) -> dict[str, Any]:
     """The table row of one method: mean ± std over the kept runs, cost of the first kept run."""
     kept, runs = selection["kept"], selection["runs"]
@@ -334,6 +347,7 @@ def summarise(method: str, selection: dict[str, Any]) -> dict[str, Any]:
         "stopped_early": [bool(run.get("stopped_early")) for run in kept],
         "reported_examples": first.get("reported_examples"),
         "dev_examples": first.get("dev_examples"),
+        "chosen_at_grid_edge": _chosen_at_grid_edge(selection),
     }
 
 
@@ -432,7 +446,8 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
     baseline to beat, the validation split's size, which methods sit within one std of the best
     (the table does not separate them; of those, the one training fewest parameters is named), the
     methods whose kept runs were still improving at their last epoch (their budget, not the method,
-    may be what limits them), and a dev split too small to choose settings on firmly."""
+    may be what limits them), settings chosen at an end of their grid, and a dev split too small to
+    choose settings on firmly."""
     if not rows:
         return []
     metric = rows[0]["primary_metric"]
@@ -469,6 +484,11 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
             share = "every kept run was" if len(improving) == len(runs) else f"{len(improving)} of {len(runs)} kept runs were"
             notes.append(f"{row['method']}: {share} still improving at its last epoch ({improving[0][1]}): more --epochs "
                          "may raise it, so its row is a floor.")
+    for row in rows:
+        for name, end in (row.get("chosen_at_grid_edge") or {}).items():
+            shown = "learning rate" if name == "learning_rate" else name
+            notes.append(f"{row['method']}: its {shown} was chosen at the grid's {end} value ({row['chosen'][name]:g}): "
+                         "a value beyond the grid may do better (peftkit.recipes.SELECTION_GRIDS).")
     dev = min((row["dev_examples"] for row in rows if row.get("dev_examples")), default=None)
     if dev is not None and dev < SMALL_DEV_SPLIT:
         notes.append(f"Settings were chosen and runs stopped on {dev} dev examples, few to choose on: more training "

@@ -290,6 +290,8 @@ def test_the_reading_notes_say_what_the_table_can_and_cannot_tell():
                         "trains the fewest parameters (6,533, 0.0653%).")
     assert notes[2:] == ["lora: 1 of 2 kept runs were still improving at its last epoch (5): more --epochs may raise it, so its row is a floor.",
                          "bitfit: every kept run was still improving at its last epoch (5): more --epochs may raise it, so its row is a floor."]
+    edge = reading_notes([{**rows[0], "chosen": {"learning_rate": 0.003}, "chosen_at_grid_edge": {"learning_rate": "largest"}}])
+    assert "full: its learning rate was chosen at the grid's largest value (0.003): a value beyond the grid may do better" in edge[-1]
     # A clear leader, a small dev split, and one seed.
     clear = reading_notes([summary_row("full", 0.96, 0.004, 10, dev=20), summary_row("pasta", 0.90, 0.01, 5, dev=20)])
     assert "full leads by 0.0600 over pasta, more than one std of either." in clear
@@ -306,3 +308,16 @@ def test_the_plot_without_full_fine_tuning_draws_measured_costs(tmp_path):
     rows[1]["median_step_seconds"] = None  # no gradient steps
     plot_comparison(rows, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_a_choice_at_the_end_of_a_grid_of_three_or_more_is_flagged():
+    from peftkit.training.compare import _chosen_at_grid_edge
+
+    def selection(chosen, grid):
+        return {"chosen": {"learning_rate": chosen}, "runs": [{"settings": {"learning_rate": lr}, "seed": 0} for lr in grid]
+                + [{"settings": {"learning_rate": chosen}, "seed": 1}]}
+
+    assert _chosen_at_grid_edge(selection(3e-3, [3e-4, 1e-3, 3e-3])) == {"learning_rate": "largest"}
+    assert _chosen_at_grid_edge(selection(3e-4, [3e-4, 1e-3, 3e-3])) == {"learning_rate": "smallest"}
+    assert _chosen_at_grid_edge(selection(1e-3, [3e-4, 1e-3, 3e-3])) == {}
+    assert _chosen_at_grid_edge(selection(1e-2, [1e-2, 3e-2])) == {}  # a 2-point grid (--quick) always picks an end
