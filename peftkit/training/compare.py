@@ -456,7 +456,9 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
     size = next((row["reported_examples"] for row in rows if row.get("reported_examples")), None)
     scored = f"{size:,d} validation examples" if size else "the validation split"
     if baseline is not None:
-        notes.append(f"Predicting the majority class scores {baseline:.4f} {metric} on {scored}"
+        # For a tagger the majority class is "O" everywhere, which finds no entity.
+        majority = "Tagging every word O" if metric == "f1" else "Predicting the majority class"
+        notes.append(f"{majority} scores {baseline:.4f} {metric} on {scored}"
                      + (f"; one example there is {1 / size:.4f} of accuracy." if size and metric == "accuracy" else "."))
     ranked = sorted(rows, key=lambda row: row["metric"], reverse=True)
     leader = ranked[0]
@@ -481,7 +483,8 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
                                                              row.get("stopped_early", [])) if ran]
         improving = [(best, ran) for best, ran, early in runs if best == ran and not early]
         if improving:
-            share = "every kept run was" if len(improving) == len(runs) else f"{len(improving)} of {len(runs)} kept runs were"
+            share = ("every kept run was" if len(improving) == len(runs)
+                     else f"{len(improving)} of {len(runs)} kept runs {'was' if len(improving) == 1 else 'were'}")
             notes.append(f"{row['method']}: {share} still improving at its last epoch ({improving[0][1]}): more --epochs "
                          "may raise it, so its row is a floor.")
     for row in rows:
@@ -515,7 +518,8 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
         left.annotate(row["method"], (trained, row["metric"]), textcoords="offset points", xytext=(4, 4))
     baseline = rows[0].get("majority_baseline") if rows else None
     if baseline is not None:
-        left.axhline(baseline, color="grey", linestyle="--", linewidth=0.8, label=f"majority class ({baseline:.3f})")
+        majority = "every word O" if rows[0]["primary_metric"] == "f1" else "majority class"
+        left.axhline(baseline, color="grey", linestyle="--", linewidth=0.8, label=f"{majority} ({baseline:.3f})")
         left.legend(loc="lower right")
     left.set_xscale("log")
     left.set_xlabel("trainable parameters")
@@ -543,7 +547,7 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
         right.set_title("cost (no full fine-tuning in this compare)")
         handles = [*right.get_legend_handles_labels()[0], *memory_axis.get_legend_handles_labels()[0]]
         right.legend(handles, [handle.get_label() for handle in handles], loc="upper left")
-    right.set_xticks(list(positions), names)
+    right.set_xticks(list(positions), names, rotation=30, ha="right")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -288,7 +288,7 @@ def test_the_reading_notes_say_what_the_table_can_and_cannot_tell():
     # pasta (0.005 below, its std 0.006) and lora (0.003 below) are within one std of full; the probe (0.010) and bitfit are not.
     assert notes[1] == ("Within one std of the best (full): lora, pasta. The table does not separate these; of them pasta "
                         "trains the fewest parameters (6,533, 0.0653%).")
-    assert notes[2:] == ["lora: 1 of 2 kept runs were still improving at its last epoch (5): more --epochs may raise it, so its row is a floor.",
+    assert notes[2:] == ["lora: 1 of 2 kept runs was still improving at its last epoch (5): more --epochs may raise it, so its row is a floor.",
                          "bitfit: every kept run was still improving at its last epoch (5): more --epochs may raise it, so its row is a floor."]
     edge = reading_notes([{**rows[0], "chosen": {"learning_rate": 0.003}, "chosen_at_grid_edge": {"learning_rate": "largest"}}])
     assert "full: its learning rate was chosen at the grid's largest value (0.003): a value beyond the grid may do better" in edge[-1]
