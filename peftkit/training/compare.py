@@ -441,6 +441,16 @@ def _within_one_std(leader: dict[str, Any], row: dict[str, Any]) -> bool:
     return leader["metric"] - row["metric"] <= spread
 
 
+def _majority_baseline(rows: list[dict[str, Any]]) -> tuple[str, float] | None:
+    """(what it predicts, its score): always answering the most frequent label, as the notes and the
+    plot name it, or None when no row recorded it."""
+    value = next((row["majority_baseline"] for row in rows if row.get("majority_baseline") is not None), None)
+    if value is None:
+        return None
+    # For a tagger the most frequent tag is "O", everywhere, which finds no entity.
+    return ("every word O" if rows[0]["primary_metric"] == "f1" else "the majority class"), value
+
+
 def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
     """What the table can and cannot tell a user choosing a method, from the rows alone: the
     baseline to beat, the validation split's size, which methods sit within one std of the best
@@ -452,13 +462,11 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
         return []
     metric = rows[0]["primary_metric"]
     notes = []
-    baseline = next((row["majority_baseline"] for row in rows if row.get("majority_baseline") is not None), None)
     size = next((row["reported_examples"] for row in rows if row.get("reported_examples")), None)
     scored = f"{size:,d} validation examples" if size else "the validation split"
+    baseline = _majority_baseline(rows)
     if baseline is not None:
-        # For a tagger the majority class is "O" everywhere, which finds no entity.
-        majority = "Tagging every word O" if metric == "f1" else "Predicting the majority class"
-        notes.append(f"{majority} scores {baseline:.4f} {metric} on {scored}"
+        notes.append(f"Predicting {baseline[0]} scores {baseline[1]:.4f} {metric} on {scored}"
                      + (f"; one example there is {1 / size:.4f} of accuracy." if size and metric == "accuracy" else "."))
     ranked = sorted(rows, key=lambda row: row["metric"], reverse=True)
     leader = ranked[0]
@@ -516,10 +524,9 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
         low, high = min(std, row["metric"]), min(std, 1.0 - row["metric"])
         left.errorbar(trained, row["metric"], yerr=[[max(low, 0.0)], [max(high, 0.0)]], fmt="o", capsize=4)
         left.annotate(row["method"], (trained, row["metric"]), textcoords="offset points", xytext=(4, 4))
-    baseline = rows[0].get("majority_baseline") if rows else None
+    baseline = _majority_baseline(rows)
     if baseline is not None:
-        majority = "every word O" if rows[0]["primary_metric"] == "f1" else "majority class"
-        left.axhline(baseline, color="grey", linestyle="--", linewidth=0.8, label=f"{majority} ({baseline:.3f})")
+        left.axhline(baseline[1], color="grey", linestyle="--", linewidth=0.8, label=f"{baseline[0]} ({baseline[1]:.3f})")
         left.legend(loc="lower right")
     left.set_xscale("log")
     left.set_xlabel("trainable parameters")
