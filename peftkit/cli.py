@@ -356,7 +356,7 @@ def predict_command(
     import torch
 
     from peftkit import data
-    from peftkit.serving.rows import check_text_pair
+    from peftkit.serving.rows import PREDICT_FLAGS, check_text_pair
     from peftkit.training.in_context import is_icl_directory, load_icl_directory
     from peftkit.training.feature_probe import is_feature_probe_directory, load_feature_probe
 
@@ -381,7 +381,7 @@ def predict_command(
         adapted, processor, info = load_adapter(adapter, model)
     # The server's check, in the flags' words: a pair task given one text (or the reverse) answers wrongly.
     takes_pairs = classifier.is_pair if adapted is None else bool(info.get("is_pair"))
-    check_text_pair(Path(adapter).name, takes_pairs, text_pair is not None, text_field="--text", pair_field="--text-pair")
+    check_text_pair(Path(adapter).name, takes_pairs, text_pair is not None, fields=PREDICT_FLAGS)
     kind, label_names = info["kind"], list(info["label_names"])
     if adapted is None:  # in context: the label log-probabilities
         logits = classifier.log_probabilities([text], [text_pair] if classifier.is_pair else None)[0]
@@ -403,9 +403,9 @@ def predict_command(
             # The feature probe keeps its backbone's config on the backbone.
             config = getattr(adapted, "config", None) or getattr(getattr(adapted, "backbone", None), "config", None)
             row = encode_row(processor, spec, text, text_pair, max_length=model_max_length(processor, config),
-                             truncate=truncate, truncate_field="--truncate")
+                             truncate=truncate, fields=PREDICT_FLAGS)
         except RequestError as error:
-            raise DataError(str(error).replace("send the text", "pass the text")) from None
+            raise DataError(str(error)) from None
         inputs = pad_rows(processor, [row], next(adapted.parameters()).device)
         if row.truncated:
             print("(the text was truncated to the tokens the model reads)")

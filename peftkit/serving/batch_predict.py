@@ -13,6 +13,7 @@ too, so no process waits forever for one that gave up), and leaves no output fil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -92,7 +93,7 @@ def predict_file(
 
     from peftkit.files import atomic_write
     from peftkit.loading import load_adapter
-    from peftkit.serving.rows import SERVED_KINDS, TaskSpec, answer_row, check_text_pair, encode_row, model_max_length, pad_rows
+    from peftkit.serving.rows import SERVED_KINDS, Fields, TaskSpec, answer_row, check_text_pair, encode_row, model_max_length, pad_rows
     from peftkit.training.distributed import process_state
 
     if batch_size < 1:
@@ -110,9 +111,11 @@ def predict_file(
     if info["kind"] not in SERVED_KINDS:
         raise DataError(f"batch prediction reads texts; {adapter} is a {info['kind']} adapter. Use --image for one image.")
     spec = TaskSpec(Path(adapter).name, info["kind"], tuple(info["label_names"]), bool(info.get("is_pair")), "", 0)
+    # Whole-file refusals name the flags; a refused row names the column to mend.
+    flags = Fields(text="--text-column", text_pair="--text-pair-column", truncate="--truncate", verb="give")
+    columns = dataclasses.replace(flags, text=f"column {text_column!r}", text_pair=f"column {text_pair_column!r}")
     try:  # the whole file at once, naming the flag, before any row is read
-        check_text_pair(spec.name, spec.takes_pairs, text_pair_column is not None,
-                        text_field="--text-column", pair_field="--text-pair-column")
+        check_text_pair(spec.name, spec.takes_pairs, text_pair_column is not None, fields=flags)
     except RequestError as error:
         raise DataError(str(error)) from None
     device = state.device  # this process's device under accelerate launch (its GPU, or the CPU)
@@ -131,7 +134,7 @@ def predict_file(
             for offset, (text, text_pair) in enumerate(zip(batch[text_column], pairs)):
                 try:
                     encoded.append(encode_row(tokenizer, spec, text, text_pair, max_length=max_length, truncate=truncate,
-                                              truncate_field="--truncate"))
+                                              fields=columns))
                 except RequestError as error:
                     raise DataError(f"row {start + offset} of {input}: {error}") from None
             inputs = pad_rows(tokenizer, encoded, device)

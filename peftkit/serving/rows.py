@@ -65,44 +65,57 @@ def model_max_length(tokenizer, model_config) -> int:
     return min(limits) if limits else 512
 
 
-def check_text_pair(task: str, takes_pairs: bool, has_pair: bool, *, text_field: str = '"text"',
-                    pair_field: str = '"text_pair"') -> None:
+@dataclasses.dataclass(frozen=True)
+class Fields:
+    """A row's fields as the caller's user writes them, so that a refusal names what they type and
+    how they give it: JSON keys sent to the server (the defaults), flags passed to ``peftkit predict``."""
+
+    text: str = '"text"'
+    text_pair: str = '"text_pair"'
+    truncate: str = '"truncate": true'
+    verb: str = "send"
+
+
+PREDICT_FLAGS = Fields(text="--text", text_pair="--text-pair", truncate="--truncate", verb="pass")
+
+
+def check_text_pair(task: str, takes_pairs: bool, has_pair: bool, *, fields: Fields = Fields()) -> None:
     """RequestError (422, missing_text_pair / unexpected_text_pair) unless a pair comes exactly when the
     task was trained on pairs: a model fed one text where it learnt two (or the reverse) answers
-    without complaint, and wrongly. The fields are named as the caller's user writes them
-    (JSON keys for the server, ``--text-pair`` for ``peftkit predict``)."""
+    without complaint, and wrongly."""
     if has_pair and not takes_pairs:
         raise RequestError(
-            f"task {task!r} classifies single texts, but a text_pair was given: drop {pair_field} and send only "
-            f"{text_field} (pairs go to tasks trained on pairs).", code="unexpected_text_pair",
+            f"task {task!r} classifies single texts, but a text_pair was given: drop {fields.text_pair} and "
+            f"{fields.verb} only {fields.text} (pairs go to tasks trained on pairs).", code="unexpected_text_pair",
         )
     if takes_pairs and not has_pair:
         raise RequestError(
-            f"task {task!r} classifies pairs of texts, but no text_pair was given: add {pair_field} beside {text_field}.",
+            f"task {task!r} classifies pairs of texts, but no text_pair was given: add {fields.text_pair} beside {fields.text}.",
             code="missing_text_pair",
         )
 
 
 def encode_row(
     tokenizer, spec: TaskSpec, text: Any, text_pair: Any = None, *, max_length: int, truncate: bool = False,
-    truncate_field: str = '"truncate": true',
+    fields: Fields = Fields(),
 ) -> EncodedRow:
     """Tokenize one row for ``spec``'s task.
 
     Raises RequestError (status 422) for a non-string or empty text, a pair sent to a
     single-text task or a pair missing for a pair task, and (status 422, code text_too_long) for a
-    row over ``max_length`` tokens when ``truncate`` is false; that message names ``truncate_field``
-    as the caller's user writes it (the JSON field, or ``--truncate`` for ``peftkit predict``)."""
-    for field, value in (("text", text), ("text_pair", text_pair)):
-        if value is None and field == "text_pair":
+    row over ``max_length`` tokens when ``truncate`` is false. The messages name ``fields`` as the
+    caller's user writes them."""
+    for field, value, optional in ((fields.text, text, False), (fields.text_pair, text_pair, True)):
+        if value is None and optional:
             continue
-        if not isinstance(value, str):
+        if value is not None and not isinstance(value, str):
             raise RequestError(
-                f"{field} must be a string, got {type(value).__name__}: send it as a JSON string.", code="invalid_text"
+                f"{field} must be a string, got {type(value).__name__}: {fields.verb} it as a string.", code="invalid_text"
             )
-        if not value.strip():
-            raise RequestError(f"{field} is empty: send the text to classify (at least one non-space character).", code="empty_text")
-    check_text_pair(spec.name, spec.takes_pairs, text_pair is not None)
+        if value is None or not value.strip():  # None: JSON null, or an empty cell of a file
+            raise RequestError(f"{field} is empty: {fields.verb} the text to classify (at least one non-space character).",
+                               code="empty_text")
+    check_text_pair(spec.name, spec.takes_pairs, text_pair is not None, fields=fields)
 
     if spec.kind == TOKEN_CLASSIFICATION:
         matches = list(re.finditer(r"\S+", text))
@@ -118,7 +131,7 @@ def encode_row(
         if not truncate:
             raise RequestError(
                 f"the text is {num_tokens} tokens long and this model reads at most {max_length}: shorten it, "
-                f"or send {truncate_field} to classify only its first tokens.", code="text_too_long",
+                f"or {fields.verb} {fields.truncate} to classify only its first tokens.", code="text_too_long",
             )
         if spec.kind == TOKEN_CLASSIFICATION:
             encoding = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)

@@ -93,6 +93,11 @@ def test_a_bad_row_is_named_and_leaves_no_output(model_dir, adapter_dirs, texts,
     with pytest.raises(DataError, match=r"row 5 of .*data.csv.*at most 64.*truncate"):
         predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir))
     assert not output.exists() and not list(tmp_path.glob(".predictions*"))
+    # An empty cell (None once read) names its row and its column, and how to mend it.
+    blank = write_csv(tmp_path / "blank.csv", [*texts[:2], None, *texts[3:]])
+    with pytest.raises(DataError, match=r"row 2 of .*blank.csv: column 'text' is empty: give the text to classify"):
+        predict_file(str(adapter_dirs["sentiment"]), str(blank), str(output), model=str(model_dir))
+    assert not output.exists()
     with pytest.raises(DataError, match="no column 'sentence'"):
         predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir), text_column="sentence")
     with pytest.raises(DataError, match="does not exist"):
@@ -180,9 +185,9 @@ def test_predict_text_answers_checks_and_truncates_as_the_server_does(model_dir,
     capsys.readouterr()
     for bad in ("", "   "):
         assert main(["predict", str(adapter_dirs["sentiment"]), "--model", str(model_dir), "--text", bad]) == 2
-        assert "text is empty: pass the text to classify" in capsys.readouterr().err
+        assert "--text is empty: pass the text to classify" in capsys.readouterr().err
     assert main(["predict", str(adapter_dirs["sentiment"]), "--model", str(model_dir), "--text", long_text]) == 2
-    assert "82 tokens long and this model reads at most 64: shorten it, or send --truncate" in capsys.readouterr().err
+    assert "82 tokens long and this model reads at most 64: shorten it, or pass --truncate" in capsys.readouterr().err
     cut = predict_command(str(adapter_dirs["sentiment"]), text=long_text, model=str(model_dir), truncate=True)
     assert "truncated" in capsys.readouterr().out
     expected = references.answer("sentiment", long_text, truncate=True)
