@@ -41,7 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from peftkit.errors import TrainingError
-from peftkit.files import atomic_write_json, atomic_write_text, ensure_output_dir
+from peftkit.files import atomic_write, atomic_write_json, atomic_write_text, ensure_output_dir
 from peftkit.loading import ADAPTER_FILES
 from peftkit.training.selection import grid_points, select_and_repeat
 
@@ -127,6 +127,7 @@ def run_method_selection(spec: dict[str, Any]) -> dict[str, Any]:
             "dev_metric": metrics["best_metric"],
             "dev_loss": best.get("eval_loss", metrics.get("dev_loss")),
             "chosen_in_run": metrics.get("chosen_settings"),
+            "grid_in_run": metrics.get("c_grid"),  # the feature probe's C values and their dev scores
             "reported_metric": metrics["reported_metrics"][primary],
             "reported_metrics": metrics["reported_metrics"],
             "primary_metric": primary,
@@ -168,19 +169,26 @@ def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
 
 def _check_resumable(method_dir: Path, train_args: list[str], method: str) -> None:
     """Refuse to resume runs made with other `peftkit train` flags: they would be mixed into one row."""
-    try:
-        before = json.loads((method_dir / "spec.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    before = _recorded_train_args(method_dir)
+    if before is None:
         raise TrainingError(
             f"cannot resume {method} in {method_dir}: it has no readable spec.json, so its runs' settings "
             "are unknown; pass --overwrite to start the comparison again, or choose another --output."
-        ) from None
-    if before.get("train_args") != train_args:
+        )
+    if before != train_args:
         raise TrainingError(
             f"cannot resume {method} in {method_dir}: its runs were trained with other flags "
-            f"({_flag_differences(before.get('train_args') or [], train_args)}); resume with the same flags, "
+            f"({_flag_differences(before, train_args)}); resume with the same flags, "
             "pass --overwrite, or choose another --output."
         )
+
+
+def _recorded_train_args(method_dir: Path) -> list[str] | None:
+    """The `peftkit train` flags in ``method_dir``'s spec.json; None when it has none readable."""
+    try:
+        return json.loads((method_dir / "spec.json").read_text(encoding="utf-8")).get("train_args")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
 
 
 def _flag_differences(before: list[str], now: list[str]) -> str:
@@ -199,9 +207,14 @@ def _flag_differences(before: list[str], now: list[str]) -> str:
 
 
 def _prepare_method_dir(method_dir: Path, train_args: list[str], method: str, resume: bool) -> None:
-    """Keep ``method_dir`` when resuming runs made with the same flags, else start it empty."""
-    if resume and method_dir.exists():
+    """Keep ``method_dir`` when resuming runs made with the same flags, else start it empty. A method
+    none of whose runs finished (a compare that failed on a wrong flag) has nothing to mix in: under
+    other flags it starts again, so the corrected command resumes."""
+    recorded = _recorded_train_args(method_dir)
+    if resume and method_dir.exists() and (recorded is None or any(method_dir.rglob("metrics.json"))):
         _check_resumable(method_dir, train_args, method)
+    elif resume and recorded == train_args:
+        pass  # cut-off runs made with these flags continue from their checkpoints
     elif method_dir.exists():
         shutil.rmtree(method_dir)  # --overwrite: an old compare's runs must not be mistaken for these
     method_dir.mkdir(parents=True, exist_ok=True)
@@ -228,8 +241,32 @@ def _select_in_subprocess(spec: dict[str, Any], log_path: Path) -> dict[str, Any
     with open(log_path, "a" if spec.get("resume") else "w", encoding="utf-8") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), check=False)
     if finished.returncode != 0:
-        raise TrainingError(f"training {spec['method']} failed (exit {finished.returncode}); the end of {log_path}:\n{_log_tail(log_path)}")
+        tail = _log_tail(log_path)
+        raise TrainingError(f"training {spec['method']} failed (exit {finished.returncode}); the end of {log_path}:\n{tail}"
+                            + _train_flags_hint(tail))
     return json.loads((method_dir / SELECTION_FILE).read_text(encoding="utf-8"))
+
+
+def _train_flags_hint(log_tail: str) -> str:
+    """How to give compare the `peftkit train` flags a run's error names (``--text-column``): compare
+    does not have them, and a user following the error's advice would be refused. "" when the
+    errors name none."""
+    import inspect
+    import re
+
+    from peftkit.cli import COMMANDS
+
+    def flags(command: str) -> set[str]:
+        return {"--" + name.replace("_", "-") for name in inspect.signature(COMMANDS[command]).parameters}
+
+    errors = " ".join(line for line in log_tail.splitlines() if line.startswith("peftkit: error:"))
+    named = [flag for flag in dict.fromkeys(re.findall(r"--[a-z][a-z0-9-]*", errors))
+             if flag in flags("train") - flags("compare")]
+    if not named:
+        return ""
+    example = json.dumps([item for flag in named for item in (flag, "VALUE")])
+    return (f"\n{', '.join(named)} {'is a flag' if len(named) == 1 else 'are flags'} of `peftkit train`, which compare "
+            f"passes to every method through --extra-train-args, e.g. --extra-train-args '{example}'.")
 
 
 def _run_in_context(output: Path, train_args: list[str], seeds: list[int], resume: bool = False) -> dict[str, Any]:
@@ -314,6 +351,28 @@ def _chosen_at_grid_edge(selection: dict[str, Any]) -> dict[str, str]:
     return edges
 
 
+def _chosen_in_runs_at_grid_edge(kept: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{setting: {"end", "runs", "of", "values", "tied"}} for a setting each run chose for itself on
+    its dev split (the feature probe's C) when some kept runs chose an end of a grid of 3 or more;
+    ``tied``: in some of those runs the dev score tied with another grid value, so the tie rule,
+    not the dev split, made the choice."""
+    edges: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(name for run in kept for name in run.get("chosen_in_run") or {}):
+        at_end = []
+        for run in kept:
+            grid = [entry for entry in run.get("grid_in_run") or [] if isinstance(entry.get(name), (int, float))]
+            values = sorted(entry[name] for entry in grid)
+            chosen = (run.get("chosen_in_run") or {}).get(name)
+            if len(values) >= 3 and chosen in (values[0], values[-1]):
+                best = next(entry["dev_metric"] for entry in grid if entry[name] == chosen)
+                tied = sum(entry["dev_metric"] == best for entry in grid) > 1
+                at_end.append(("largest" if chosen == values[-1] else "smallest", chosen, tied))
+        if at_end:
+            edges[name] = {"end": at_end[0][0], "runs": len(at_end), "of": len(kept),
+                           "values": [value for _, value, _ in at_end], "tied": any(tied for _, _, tied in at_end)}
+    return edges
+
+
 def summarise(method: str, selection: dict[str, Any]) -> dict[str, Any]:
     """The table row of one method: mean ± std over the kept runs, cost of the first kept run."""
     kept, runs = selection["kept"], selection["runs"]
@@ -333,6 +392,8 @@ def summarise(method: str, selection: dict[str, Any]) -> dict[str, Any]:
         "runs": len(runs),
         "primary_metric": first["primary_metric"],
         "majority_baseline": first["majority_baseline"],
+        # Each seed draws its own validation split from a single-file task: its baseline and size differ.
+        "majority_baseline_per_seed": [run.get("majority_baseline") for run in kept],
         "trainable_parameters": first["trainable_parameters"],
         "trainable_percent": first["trainable_percent"],
         "adapter_bytes": _adapter_bytes(run_dir),
@@ -346,8 +407,10 @@ def summarise(method: str, selection: dict[str, Any]) -> dict[str, Any]:
         "best_epochs": [run.get("best_epoch") for run in kept],
         "stopped_early": [bool(run.get("stopped_early")) for run in kept],
         "reported_examples": first.get("reported_examples"),
+        "reported_examples_per_seed": [run.get("reported_examples") for run in kept],
         "dev_examples": first.get("dev_examples"),
         "chosen_at_grid_edge": _chosen_at_grid_edge(selection),
+        "chosen_in_runs_at_grid_edge": _chosen_in_runs_at_grid_edge(kept),
     }
 
 
@@ -371,7 +434,24 @@ def compare(
     beside the tuned methods. ``resume`` keeps what an earlier compare in ``output_dir`` finished
     (module docstring). Raises TrainingError naming the log of a method that failed, or when the
     runs to resume were trained with other flags."""
+    made_here = not Path(output_dir).exists() or not any(Path(output_dir).iterdir())
     output = ensure_output_dir(output_dir, overwrite=overwrite, resume=resume)
+    try:
+        return _compare_in(output, methods, train_args, seeds=seeds, grids=grids, method_train_args=method_train_args,
+                           resume=resume, settings=settings, icl_train_args=icl_train_args)
+    except TrainingError as error:
+        if made_here and not any(output.rglob("metrics.json")):
+            # Nothing finished, so nothing is lost; left behind, the directory would refuse the corrected command.
+            shutil.rmtree(output, ignore_errors=True)
+            raise TrainingError(f"{error}\nNo run had finished, so {output} was removed: correct the command and run it "
+                                "again.") from None
+        raise
+
+
+def _compare_in(output: Path, methods: list[str], train_args: list[str], *, seeds: list[int], grids: dict[str, dict[str, list[Any]]],
+                method_train_args: dict[str, list[str]] | None, resume: bool, settings: dict[str, Any] | None,
+                icl_train_args: list[str] | None) -> dict[str, Any]:
+    """`compare`'s work once its output directory is ready."""
     started = time.perf_counter()
     rows, runs = [], {}
     for method in tqdm(methods, desc="compare", unit="method"):
@@ -441,14 +521,28 @@ def _within_one_std(leader: dict[str, Any], row: dict[str, Any]) -> bool:
     return leader["metric"] - row["metric"] <= spread
 
 
-def _majority_baseline(rows: list[dict[str, Any]]) -> tuple[str, float] | None:
-    """(what it predicts, its score): always answering the most frequent label, as the notes and the
-    plot name it, or None when no row recorded it."""
-    value = next((row["majority_baseline"] for row in rows if row.get("majority_baseline") is not None), None)
-    if value is None:
+def _per_seed(rows: list[dict[str, Any]], name: str) -> list[float]:
+    """``name`` (majority_baseline, reported_examples) of each seed's validation split, which all
+    methods share seed by seed; a row written before the per-seed lists gives its first seed's."""
+    for row in rows:
+        values = [value for value in row.get(f"{name}_per_seed") or [] if value is not None]
+        if values:
+            return values
+    return [row[name] for row in rows[:1] if row.get(name) is not None]
+
+
+def _majority_baseline(rows: list[dict[str, Any]]) -> tuple[str, float, float, float] | None:
+    """(what it predicts, its mean score over the seeds, lowest, highest): always answering the most
+    frequent label, as the notes and the plot name it, or None when no row recorded it."""
+    values = _per_seed(rows, "majority_baseline")
+    if not values:
         return None
     # For a tagger the most frequent tag is "O", everywhere, which finds no entity.
-    return ("every word O" if rows[0]["primary_metric"] == "f1" else "the majority class"), value
+    return ("every word O" if rows[0]["primary_metric"] == "f1" else "the majority class"), float(np.mean(values)), min(values), max(values)
+
+
+def _span(low: float, high: float, fmt: str) -> str:
+    return fmt.format(low) if low == high else f"{fmt.format(low)}–{fmt.format(high)}"
 
 
 def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
@@ -462,12 +556,19 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
         return []
     metric = rows[0]["primary_metric"]
     notes = []
-    size = next((row["reported_examples"] for row in rows if row.get("reported_examples")), None)
-    scored = f"{size:,d} validation examples" if size else "the validation split"
+    sizes = _per_seed(rows, "reported_examples")
+    if not sizes:
+        scored = "the validation split"
+    elif min(sizes) == max(sizes):
+        scored = f"{sizes[0]:,d} validation examples"
+    else:  # a single-file task: each seed holds out its own validation split
+        scored = f"each seed's own validation split ({_span(min(sizes), max(sizes), '{:,d}')} examples)"
     baseline = _majority_baseline(rows)
     if baseline is not None:
-        notes.append(f"Predicting {baseline[0]} scores {baseline[1]:.4f} {metric} on {scored}"
-                     + (f"; one example there is {1 / size:.4f} of accuracy." if size and metric == "accuracy" else "."))
+        label, _, low, high = baseline
+        notes.append(f"Predicting {label} scores {_span(low, high, '{:.4f}')} {metric} on {scored}"
+                     + (f"; one example there is {_span(1 / max(sizes), 1 / min(sizes), '{:.4f}')} of accuracy."
+                        if sizes and metric == "accuracy" else "."))
     ranked = sorted(rows, key=lambda row: row["metric"], reverse=True)
     leader = ranked[0]
     if len(ranked) > 1:
@@ -486,6 +587,9 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
                              + ", ".join(row["method"] for row in tied[1:])
                              + f". The table does not separate these; of them {cheapest['method']} trains the fewest "
                              f"parameters ({cheapest['trainable_parameters']:,d}, {cheapest['trainable_percent']:.4f}%).")
+            if len(leader["seeds"]) == 2:
+                notes.append("Each std rests on 2 runs, so it is itself uncertain and the one-std comparisons above are "
+                             "rough: --seeds 3 or more makes them firmer.")
     for row in rows:
         runs = [(best, ran, early) for best, ran, early in zip(row.get("best_epochs", []), row.get("epochs_run", []),
                                                              row.get("stopped_early", [])) if ran]
@@ -500,6 +604,21 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
             shown = "learning rate" if name == "learning_rate" else name
             notes.append(f"{row['method']}: its {shown} was chosen at the grid's {end} value ({row['chosen'][name]:g}): "
                          "a value beyond the grid may do better (peftkit.recipes.SELECTION_GRIDS).")
+        for name, edge in (row.get("chosen_in_runs_at_grid_edge") or {}).items():
+            where = (f"its {name} was chosen at its grid's {edge['end']} value in {edge['runs']} of {edge['of']} runs "
+                     f"({', '.join(f'{value:g}' for value in edge['values'])})")
+            if edge["tied"]:
+                notes.append(f"{row['method']}: {where}, where dev {metric} tied across values of {name} and the tie "
+                             f"went to the smaller: the dev split could not tell them apart"
+                             + (", and so strong a regularisation gives near-uniform class probabilities"
+                                if edge["end"] == "smallest" and name == "C" else "")
+                             + ". More training rows (--max-train-examples) or a larger --dev-fraction make the choice firmer.")
+            else:
+                notes.append(f"{row['method']}: {where}: a value beyond the grid may do better.")
+    if any(row["method"] == "feature-probe" for row in rows):
+        notes.append("feature-probe is a scikit-learn logistic regression on pooled frozen features: `peftkit eval` and "
+                     "`predict --text` run it, but `serve` and `predict --input` do not load it; to serve the task, "
+                     "take the best method that trains an adapter.")
     dev = min((row["dev_examples"] for row in rows if row.get("dev_examples")), default=None)
     if dev is not None and dev < SMALL_DEV_SPLIT:
         notes.append(f"Settings were chosen and runs stopped on {dev} dev examples, few to choose on: more training "
@@ -508,30 +627,55 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
-    """Metric (mean ± std, bars clipped to [0, 1], the majority class dashed) against trainable parameters
-    (log scale); beside it step time and peak memory as ratios to full fine-tuning, or in seconds and
+    """Metric (mean ± std, bars clipped to [0, 1]) against trainable parameters (log scale), each
+    method in the legend with its score, so close scores never print over each other; the axis spans
+    the methods' scores, and the majority class is drawn dashed when it falls inside it, else named in
+    the legend. Beside it step time and peak memory as ratios to full fine-tuning, or in seconds and
     GiB when the compare has no full fine-tuning."""
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for row in rows:
+    figure = Figure(figsize=(12, 5.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    lows, highs = [], []
+    for index, row in enumerate(rows):
         trained = max(row["trainable_parameters"], 1)  # in-context learning trains 0: drawn at 1 on the log axis
         std = row["metric_std"] or 0.0
         # Accuracy and F1 lie in [0, 1]: a bar past either end would draw scores no run can have.
-        low, high = min(std, row["metric"]), min(std, 1.0 - row["metric"])
-        left.errorbar(trained, row["metric"], yerr=[[max(low, 0.0)], [max(high, 0.0)]], fmt="o", capsize=4)
-        left.annotate(row["method"], (trained, row["metric"]), textcoords="offset points", xytext=(4, 4))
+        low, high = max(min(std, row["metric"]), 0.0), max(min(std, 1.0 - row["metric"]), 0.0)
+        lows.append(row["metric"] - low)
+        highs.append(row["metric"] + high)
+        left.errorbar(trained, row["metric"], yerr=[[low], [high]], fmt="o^sDvP*Xhp"[index % 10], capsize=4,
+                      color=f"C{index % 10}", label=f"{row['method']}: {row['metric']:.4f}" + (f" ± {row['metric_std']:.4f}" if row["metric_std"] is not None else ""))
+    span = (max(highs) - min(lows)) if rows else 1.0
+    bottom, top = (min(lows) - 0.15 * span - 0.005, max(highs) + 0.15 * span + 0.005) if rows else (0.0, 1.0)
+    handles, labels = left.get_legend_handles_labels()
     baseline = _majority_baseline(rows)
     if baseline is not None:
-        left.axhline(baseline[1], color="grey", linestyle="--", linewidth=0.8, label=f"{baseline[0]} ({baseline[1]:.3f})")
-        left.legend(loc="lower right")
+        label, mean, low, high = baseline
+        seeds = "" if low == high else ", mean over seeds"
+        if bottom <= mean <= top:
+            left.axhline(mean, color="grey", linestyle="--", linewidth=0.8)
+            where = ""
+        else:  # far below every method: drawn, it would squeeze their differences into a line
+            where = ", below this axis" if mean < bottom else ", above this axis"
+        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=0.8))
+        labels.append(f"{label}: {mean:.3f}{seeds}{where}")
+    left.set_ylim(max(bottom, -0.02), min(top, 1.02))
     left.set_xscale("log")
+    left.xaxis.set_minor_formatter(NullFormatter())  # 2×10³, 3×10³, … overlap on a narrow span
+    counts = [max(row["trainable_parameters"], 1) for row in rows]
+    if counts and max(counts) < 100 * min(counts):  # under two decades: 1, 2, 5 × 10^k, written out
+        left.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        left.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    left.margins(x=0.1)
     left.set_xlabel("trainable parameters")
     left.set_ylabel(f"validation {rows[0]['primary_metric']} (mean ± std)" if rows else "metric")
     left.set_title(f"quality vs. what is trained ({len(rows[0]['seeds']) if rows else 0} seeds)")
+    left.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small", frameon=False)
     names = [row["method"] for row in rows]
     positions = range(len(rows))
     width = 0.4
@@ -542,7 +686,7 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
         right.bar([p + width / 2 for p in positions], memory, width, label="peak memory ÷ full")
         right.axhline(1.0, color="grey", linewidth=0.8)
         right.set_title("cost relative to full fine-tuning")
-        right.legend()
+        axes = [right]
     else:  # no full fine-tuning to divide by: the measured figures, each on its own axis
         memory_axis = right.twinx()
         right.bar([p - width / 2 for p in positions], [row["median_step_seconds"] or 0 for row in rows], width,
@@ -552,15 +696,13 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
         right.set_ylabel("median step time (s)")
         memory_axis.set_ylabel("peak memory (GiB)")
         right.set_title("cost (no full fine-tuning in this compare)")
-        handles = [*right.get_legend_handles_labels()[0], *memory_axis.get_legend_handles_labels()[0]]
-        right.legend(handles, [handle.get_label() for handle in handles], loc="upper left")
+        axes = [right, memory_axis]
+    for axis in axes:  # headroom above the tallest bar, where the legend sits
+        axis.set_ylim(0, max(axis.get_ylim()[1], 1e-9) * 1.3)
+    bars = [handle for axis in axes for handle in axis.get_legend_handles_labels()[0]]
+    right.legend(bars, [bar.get_label() for bar in bars], loc="upper center", ncol=2, fontsize="small")
     right.set_xticks(list(positions), names, rotation=30, ha="right")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
 
 
 def _refuse_unfit_methods(names: list[str], model: str | None, kind: str) -> None:

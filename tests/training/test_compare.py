@@ -288,8 +288,11 @@ def test_the_reading_notes_say_what_the_table_can_and_cannot_tell():
     # pasta (0.005 below, its std 0.006) and lora (0.003 below) are within one std of full; the probe (0.010) and bitfit are not.
     assert notes[1] == ("Within one std of the best (full): lora, pasta. The table does not separate these; of them pasta "
                         "trains the fewest parameters (6,533, 0.0653%).")
-    assert notes[2:] == ["lora: 1 of 2 kept runs was still improving at its last epoch (5): more --epochs may raise it, so its row is a floor.",
+    assert notes[2] == ("Each std rests on 2 runs, so it is itself uncertain and the one-std comparisons above are rough: "
+                        "--seeds 3 or more makes them firmer.")
+    assert notes[3:5] == ["lora: 1 of 2 kept runs was still improving at its last epoch (5): more --epochs may raise it, so its row is a floor.",
                          "bitfit: every kept run was still improving at its last epoch (5): more --epochs may raise it, so its row is a floor."]
+    assert notes[5].startswith("feature-probe is a scikit-learn logistic regression") and "`serve` and `predict --input` do not load it" in notes[5]
     edge = reading_notes([{**rows[0], "chosen": {"learning_rate": 0.003}, "chosen_at_grid_edge": {"learning_rate": "largest"}}])
     assert "full: its learning rate was chosen at the grid's largest value (0.003): a value beyond the grid may do better" in edge[-1]
     # A clear leader, a small dev split, and one seed.
@@ -321,3 +324,73 @@ def test_a_choice_at_the_end_of_a_grid_of_three_or_more_is_flagged():
     assert _chosen_at_grid_edge(selection(3e-4, [3e-4, 1e-3, 3e-3])) == {"learning_rate": "smallest"}
     assert _chosen_at_grid_edge(selection(1e-3, [3e-4, 1e-3, 3e-3])) == {}
     assert _chosen_at_grid_edge(selection(1e-2, [1e-2, 3e-2])) == {}  # a 2-point grid (--quick) always picks an end
+
+
+def test_the_notes_and_plot_take_each_seeds_own_validation_split(tmp_path):
+    """A single-file task holds out a validation split per seed: the baseline and the split's size
+    are given as the seeds' range, not as the first seed's."""
+    from peftkit.training.compare import _majority_baseline, plot_comparison, reading_notes
+
+    row = {**summary_row("pasta", 0.82, 0.02, 5_378), "majority_baseline": 0.52,
+           "majority_baseline_per_seed": [0.52, 0.50], "reported_examples": 25, "reported_examples_per_seed": [25, 26]}
+    assert reading_notes([row])[0] == ("Predicting the majority class scores 0.5000–0.5200 accuracy on each seed's own "
+                                       "validation split (25–26 examples); one example there is 0.0385–0.0400 of accuracy.")
+    assert _majority_baseline([row]) == ("the majority class", pytest.approx(0.51), 0.50, 0.52)
+    plot_comparison([row], tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+    # Rows written before the per-seed lists read as one split.
+    old = {key: value for key, value in row.items() if not key.endswith("_per_seed")}
+    assert reading_notes([old])[0].startswith("Predicting the majority class scores 0.5200 accuracy on 25 validation examples")
+
+
+def test_a_probes_own_choice_of_c_at_the_end_of_its_grid_is_flagged_and_a_tie_said_so():
+    from peftkit.training.compare import _chosen_in_runs_at_grid_edge, reading_notes
+
+    def run(chosen, scores):
+        return {"chosen_in_run": {"C": chosen}, "grid_in_run": [{"C": c, "dev_metric": m} for c, m in scores.items()]}
+
+    tied = [run(1e-4, {1e-4: 1.0, 1e-2: 1.0, 1.0: 1.0}), run(1e-4, {1e-4: 1.0, 1e-2: 0.9, 1.0: 0.9})]
+    edge = _chosen_in_runs_at_grid_edge(tied)
+    assert edge == {"C": {"end": "smallest", "runs": 2, "of": 2, "values": [1e-4, 1e-4], "tied": True}}
+    note = reading_notes([{**summary_row("feature-probe", 0.9, 0.01, 385), "chosen_in_runs_at_grid_edge": edge}])
+    assert any(line.startswith("feature-probe: its C was chosen at its grid's smallest value in 2 of 2 runs (0.0001, 0.0001), "
+                               "where dev accuracy tied") and "near-uniform class probabilities" in line for line in note)
+    largest = _chosen_in_runs_at_grid_edge([run(1.0, {1e-4: 0.5, 1e-2: 0.7, 1.0: 0.8}), run(1e-2, {1e-4: 0.5, 1e-2: 0.8, 1.0: 0.7})])
+    assert largest == {"C": {"end": "largest", "runs": 1, "of": 2, "values": [1.0], "tied": False}}
+    assert _chosen_in_runs_at_grid_edge([run(1e-2, {1e-4: 0.5, 1e-2: 0.8, 1.0: 0.7})]) == {}
+    assert _chosen_in_runs_at_grid_edge([{"chosen_in_run": None}]) == {}  # a trained method chooses nothing in its run
+
+
+def test_a_compare_that_fails_before_any_run_finished_names_extra_train_args_and_leaves_nothing(model_and_task, tmp_path):
+    """The run's error names a `peftkit train` flag (--text-column): compare says how to pass it; the
+    directory it made holds nothing finished, so it is removed and the corrected command runs."""
+    model_dir, task = model_and_task
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(task.read_text().replace("text,label", "body,label", 1))
+    output = tmp_path / "cmp"
+    common = dict(methods="linear", model=str(model_dir), task=str(renamed), output=str(output), epochs=1, batch_size=4,
+                  max_train_examples=None, max_length=16, quick=True, seeds=1)
+    with pytest.raises(TrainingError, match=r"""(?s)no column 'text'.*--text-column is a flag of `peftkit train`, which compare """
+                       r"""passes to every method through --extra-train-args, e.g. --extra-train-args '\["--text-column", "VALUE"\]'.*"""
+                       r"""No run had finished, so .*cmp was removed"""):
+        compare_command(**common)
+    assert not output.exists()
+    result = compare_command(**common, extra_train_args=["--text-column", "body"])
+    assert [row["method"] for row in result["rows"]] == ["linear"]
+
+
+def test_resume_starts_a_method_again_under_new_flags_when_none_of_its_runs_finished(tmp_path):
+    from peftkit.training.compare import _prepare_method_dir
+
+    method_dir = tmp_path / "linear"
+    (method_dir / "lr=0.01_seed=0").mkdir(parents=True)  # cut off before its metrics.json
+    (method_dir / "spec.json").write_text(json.dumps({"train_args": ["--max-length", "16"]}))
+    _prepare_method_dir(method_dir, ["--max-length", "16"], "linear", resume=True)
+    assert (method_dir / "lr=0.01_seed=0").is_dir()  # same flags: the cut-off run continues
+    _prepare_method_dir(method_dir, ["--max-length", "24"], "linear", resume=True)
+    assert method_dir.is_dir() and not any(method_dir.iterdir())  # other flags, nothing finished: start again
+    (method_dir / "spec.json").write_text(json.dumps({"train_args": ["--max-length", "16"]}))
+    (method_dir / "lr=0.01_seed=0").mkdir()
+    (method_dir / "lr=0.01_seed=0" / "metrics.json").write_text("{}")
+    with pytest.raises(TrainingError, match="its runs were trained with other flags"):
+        _prepare_method_dir(method_dir, ["--max-length", "24"], "linear", resume=True)
