@@ -630,9 +630,15 @@ def check_unknown_flags(argv: list[str]) -> None:
         name = argument[2:].partition("=")[0].removesuffix("+").replace("-", "_")
         if not argument.startswith("--") or not name or name in known or name in ("help", "config", "print_config"):
             continue
+        flag = "--" + name.replace("_", "-")
+        if command == "compare":
+            from peftkit.training.compare import extra_train_args_hint, train_only_flags
+
+            if flag in train_only_flags():
+                raise PeftkitError(f"peftkit compare has no flag {flag}: {extra_train_args_hint([flag])}")
         guess = FLAG_ALIASES.get(name) if FLAG_ALIASES.get(name) in known else next(iter(difflib.get_close_matches(name, known, n=1)), None)
         hint = f"did you mean --{guess.replace('_', '-')}? " if guess else ""
-        raise PeftkitError(f"peftkit {command} has no flag --{name.replace('_', '-')}: {hint}"
+        raise PeftkitError(f"peftkit {command} has no flag {flag}: {hint}"
                            f"`peftkit {command} --help` lists every flag.")
 
 

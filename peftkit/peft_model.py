@@ -173,7 +173,10 @@ def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
             f"({ADAPTER_CONFIG_NAME} and the weights), as written by save_pretrained or `peftkit train`."
         )
     if not path.is_file():
+        from peftkit.training.compare import kept_adapters_hint
+
         raise AdapterFileError(
+            kept_adapters_hint(Path(directory)) or
             f"{directory} holds no {ADAPTER_CONFIG_NAME}, so it is not an adapter directory; "
             "point at a directory written by save_pretrained (or by `peftkit train`)."
         )

@@ -159,8 +159,13 @@ def canonical_method(method: str) -> str:
     try:
         return get_method(method).name
     except MethodConfigError:
+        import difflib
+
+        known = sorted({*method_names(), *PEFT_METHODS, *METHOD_VARIANTS, "icl", "feature-probe"})
+        guess = difflib.get_close_matches(method.lower(), known, n=1)
         raise MethodConfigError(
-            f"unknown method {method!r}; peftkit trains {', '.join(sorted({*method_names(), *PEFT_METHODS, 'icl', 'feature-probe'}))}."
+            f"unknown method {method!r}; {f'did you mean {guess[0]!r}? ' if guess else ''}"
+            f"peftkit trains {', '.join(sorted({*method_names(), *PEFT_METHODS, 'icl', 'feature-probe'}))}."
         ) from None
 
 

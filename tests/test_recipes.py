@@ -71,6 +71,8 @@ def test_method_names_are_canonicalised_and_unknown_ones_listed():
     assert canonical_method("PASTA") == "pasta" and canonical_method("LoRA") == "lora"
     with pytest.raises(MethodConfigError, match="unknown method 'prefix'.*lora.*pasta"):
         recipe("prefix")
+    with pytest.raises(MethodConfigError, match="unknown method 'lorra'; did you mean 'lora'"):
+        canonical_method("lorra")
 
 
 @pytest.mark.parametrize("task_info, slots", [(SINGLE, 2), (PAIR, 3)])

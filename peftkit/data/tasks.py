@@ -413,13 +413,15 @@ def column_values(dataset: Dataset, column: str) -> list:
 
 
 def require_columns(dataset: Dataset, columns: dict[str, str], where: str) -> None:
-    """Each wanted column exists, or an error naming it, the columns present and the flag to set."""
-    for flag, column in columns.items():
-        if column not in dataset.column_names:
-            raise DataError(
-                f"{where} has no column {column!r}; its columns are: {', '.join(dataset.column_names)}. "
-                f"Name the right one with {flag}."
-            )
+    """Each wanted column exists, or one error naming every missing one, the columns present and the
+    flags to set (all at once: fixed one by one, each run would fail on the next)."""
+    missing = {flag: column for flag, column in columns.items() if column not in dataset.column_names}
+    if missing:
+        names = " or ".join(repr(column) for column in missing.values())
+        raise DataError(
+            f"{where} has no column {names}; its columns are: {', '.join(dataset.column_names)}. "
+            f"Name the right {'one' if len(missing) == 1 else 'ones'} with {' and '.join(missing)}."
+        )
 
 
 def check_not_empty(dataset: Dataset, what: str, fix: str = "check the data source") -> None:

@@ -136,7 +136,8 @@ def predict_file(
                     encoded.append(encode_row(tokenizer, spec, text, text_pair, max_length=max_length, truncate=truncate,
                                               fields=columns))
                 except RequestError as error:
-                    raise DataError(f"row {start + offset} of {input}: {error}") from None
+                    raise DataError(f"row {start + offset} of {input} (counting data rows from 0, as the answers' "
+                                    f"\"row\" does): {error}") from None
             inputs = pad_rows(tokenizer, encoded, device)
             with torch.no_grad():
                 logits = adapted(**inputs).logits

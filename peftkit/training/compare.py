@@ -243,30 +243,70 @@ def _select_in_subprocess(spec: dict[str, Any], log_path: Path) -> dict[str, Any
     if finished.returncode != 0:
         tail = _log_tail(log_path)
         raise TrainingError(f"training {spec['method']} failed (exit {finished.returncode}); the end of {log_path}:\n{tail}"
-                            + _train_flags_hint(tail))
+                            + _train_flags_hint(tail, spec["train_args"]))
     return json.loads((method_dir / SELECTION_FILE).read_text(encoding="utf-8"))
 
 
-def _train_flags_hint(log_tail: str) -> str:
-    """How to give compare the `peftkit train` flags a run's error names (``--text-column``): compare
-    does not have them, and a user following the error's advice would be refused. "" when the
-    errors name none."""
+def train_only_flags() -> set[str]:
+    """``--text-column``, ``--kind``, …: the `peftkit train` flags compare does not have itself."""
     import inspect
-    import re
 
     from peftkit.cli import COMMANDS
 
     def flags(command: str) -> set[str]:
         return {"--" + name.replace("_", "-") for name in inspect.signature(COMMANDS[command]).parameters}
 
+    return flags("train") - flags("compare")
+
+
+def extra_train_args_hint(named: list[str], given: list[str] | None = None) -> str:
+    """How compare takes the `peftkit train` flags ``named``: through --extra-train-args, shown with
+    the ones already ``given`` that way, so the example is the whole list to pass."""
+    given = list(given or [])
+    example = json.dumps(given + [item for flag in named if flag not in given for item in (flag, "VALUE")])
+    return (f"{', '.join(named)} {'is a flag' if len(named) == 1 else 'are flags'} of `peftkit train`, which compare "
+            f"passes to every method as a JSON list: --extra-train-args '{example}'.")
+
+
+def _train_flags_hint(log_tail: str, train_args: list[str]) -> str:
+    """The --extra-train-args form for the `peftkit train` flags a run's error names (``--text-column``):
+    compare does not have them, and a user following the error's advice would be refused. "" when
+    the errors name none."""
+    import re
+
+    only = train_only_flags()
     errors = " ".join(line for line in log_tail.splitlines() if line.startswith("peftkit: error:"))
-    named = [flag for flag in dict.fromkeys(re.findall(r"--[a-z][a-z0-9-]*", errors))
-             if flag in flags("train") - flags("compare")]
+    named = [flag for flag in dict.fromkeys(re.findall(r"--[a-z][a-z0-9-]*", errors)) if flag in only]
     if not named:
         return ""
-    example = json.dumps([item for flag in named for item in (flag, "VALUE")])
-    return (f"\n{', '.join(named)} {'is a flag' if len(named) == 1 else 'are flags'} of `peftkit train`, which compare "
-            f"passes to every method through --extra-train-args, e.g. --extra-train-args '{example}'.")
+    given = [item for index, item in enumerate(train_args)
+             if item in only or (index > 0 and train_args[index - 1] in only and not item.startswith("--"))]
+    return "\n" + extra_train_args_hint(named, given)
+
+
+def kept_adapters_hint(directory: Path) -> str:
+    """Where the adapters are when ``directory`` is part of a compare but not an adapter: the compare's
+    own directory, a method's, or a grid point that lost (its weights were dropped). "" otherwise."""
+    def kept_of(selection: Path) -> list[str]:
+        """The kept runs, beside ``selection`` (the recorded paths are relative to where compare ran)."""
+        try:
+            return [str(selection.parent / Path(run["run_dir"]).name)
+                    for run in json.loads(selection.read_text(encoding="utf-8"))["kept"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
+    if (directory / "compare.json").is_file() or any(directory.glob(f"*/{SELECTION_FILE}")):
+        kept = {selection.parent.name: kept_of(selection) for selection in sorted(directory.glob(f"*/{SELECTION_FILE}"))}
+        listed = "; ".join(f"{method}: {', '.join(runs)}" for method, runs in kept.items() if runs)
+        return (f"{directory} is a `peftkit compare` directory, not an adapter; point at one of its kept runs (any seed "
+                f"of the chosen setting), e.g. {listed or 'METHOD/SETTING_seed=N'}.")
+    if (directory / SELECTION_FILE).is_file():
+        return (f"{directory} holds one method of a `peftkit compare`, not an adapter; point at one of its kept runs: "
+                f"{', '.join(kept_of(directory / SELECTION_FILE)) or '(none finished yet)'}.")
+    if (directory / "metrics.json").is_file() and (directory.parent / SELECTION_FILE).is_file():
+        return (f"{directory} is a grid point `peftkit compare` did not choose, so only its metrics were kept, not its "
+                f"weights; the chosen setting's runs are: {', '.join(kept_of(directory.parent / SELECTION_FILE))}.")
+    return ""
 
 
 def _run_in_context(output: Path, train_args: list[str], seeds: list[int], resume: bool = False) -> dict[str, Any]:
@@ -368,7 +408,8 @@ def _chosen_in_runs_at_grid_edge(kept: list[dict[str, Any]]) -> dict[str, dict[s
                 tied = sum(entry["dev_metric"] == best for entry in grid) > 1
                 at_end.append(("largest" if chosen == values[-1] else "smallest", chosen, tied))
         if at_end:
-            edges[name] = {"end": at_end[0][0], "runs": len(at_end), "of": len(kept),
+            ends = sorted({end for end, _, _ in at_end}, reverse=True)
+            edges[name] = {"end": " or ".join(ends), "runs": len(at_end), "of": len(kept),
                            "values": [value for _, value, _ in at_end], "tied": any(tied for _, _, tied in at_end)}
     return edges
 
@@ -411,6 +452,8 @@ def summarise(method: str, selection: dict[str, Any]) -> dict[str, Any]:
         "dev_examples": first.get("dev_examples"),
         "chosen_at_grid_edge": _chosen_at_grid_edge(selection),
         "chosen_in_runs_at_grid_edge": _chosen_in_runs_at_grid_edge(kept),
+        # METHOD/RUN: where the adapters are, inside the compare's directory
+        "kept_runs": [f"{Path(run['run_dir']).parent.name}/{Path(run['run_dir']).name}" for run in kept],
     }
 
 
@@ -571,6 +614,12 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
                         if sizes and metric == "accuracy" else "."))
     ranked = sorted(rows, key=lambda row: row["metric"], reverse=True)
     leader = ranked[0]
+    if baseline is not None:
+        for row in ranked:
+            if row["metric"] - baseline[1] <= (row.get("metric_std") or 0.0):
+                spread = "" if row.get("metric_std") is None else f" ± {row['metric_std']:.4f}"
+                notes.append(f"{row['method']} ({row['metric']:.4f}{spread}) is within one std of predicting {baseline[0]} "
+                             f"({baseline[1]:.4f}): on this data it shows nothing learnt; do not deploy it.")
     if len(ranked) > 1:
         if leader.get("metric_std") is None:
             notes.append(f"{leader['method']} scores highest, but with one seed there is no spread to judge a gap by: "
@@ -617,8 +666,13 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
                 notes.append(f"{row['method']}: {where}: a value beyond the grid may do better.")
     if any(row["method"] == "feature-probe" for row in rows):
         notes.append("feature-probe is a scikit-learn logistic regression on pooled frozen features: `peftkit eval` and "
-                     "`predict --text` run it, but `serve` and `predict --input` do not load it; to serve the task, "
-                     "take the best method that trains an adapter.")
+                     "`predict --text` run it, but `serve` and `predict --input` do not load it.")
+    adapters = [row for row in ranked if row.get("kept_runs") and row["method"] != "feature-probe"]
+    if adapters:
+        best = adapters[0]
+        notes.append(f"The adapters are each method's kept runs (any seed of its chosen setting), in this directory. "
+                     f"The best method that trains one is {best['method']} ({best['metric']:.4f}): "
+                     f"{', '.join(best['kept_runs'])}.")
     dev = min((row["dev_examples"] for row in rows if row.get("dev_examples")), default=None)
     if dev is not None and dev < SMALL_DEV_SPLIT:
         notes.append(f"Settings were chosen and runs stopped on {dev} dev examples, few to choose on: more training "
@@ -697,6 +751,9 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
         memory_axis.set_ylabel("peak memory (GiB)")
         right.set_title("cost (no full fine-tuning in this compare)")
         axes = [right, memory_axis]
+    for position, row in zip(positions, rows):  # no gradient steps (the probe, icl): say so, not a bar of 0
+        if row["median_step_seconds"] is None:
+            right.text(position - width / 2, 0, " no steps", rotation=90, ha="center", va="bottom", fontsize="small", color="C0")
     for axis in axes:  # headroom above the tallest bar, where the legend sits
         axis.set_ylim(0, max(axis.get_ylim()[1], 1e-9) * 1.3)
     bars = [handle for axis in axes for handle in axis.get_legend_handles_labels()[0]]
@@ -802,7 +859,7 @@ def compare_command(
         train_args += ["--max-train-examples", str(max_train_examples)]
     if max_eval_examples is not None:
         train_args += ["--max-eval-examples", str(max_eval_examples)]
-    train_args += list(extra_train_args or [])
+    train_args += _checked_extra_train_args(extra_train_args)
     # In-context learning runs on its own causal LM, on the same task, split and validation subset.
     icl_train_args = (["--model", icl_model] if icl_model else []) + (train_args[2:] if model else train_args)
     icl_train_args += ["--icl-shots", icl_shots]
@@ -821,6 +878,22 @@ def compare_command(
         settings={"quick": quick, "dev_fraction": dev_fraction, "early_stopping_patience": early_stopping_patience,
                   "epochs": {name: int(flags[1]) for name, flags in method_epochs.items()}},
     )
+
+
+def _checked_extra_train_args(extra_train_args: list[str] | None) -> list[str]:
+    """--extra-train-args as `peftkit train` flags, refused up front (not after a run failed on them)
+    when a value is a list that is not JSON or a flag is not one of `peftkit train`'s."""
+    from peftkit.cli import check_unknown_flags
+
+    extra = list(extra_train_args or [])
+    for item in extra:
+        if item.lstrip().startswith("["):
+            raise TrainingError(
+                f"--extra-train-args got {item!r}, which is not a JSON list: quote each item, "
+                """e.g. --extra-train-args '["--text-column", "body"]'."""
+            )
+    check_unknown_flags(["train", *extra])
+    return extra
 
 
 if __name__ == "__main__":  # one method's selection, in the process `compare` starts for it

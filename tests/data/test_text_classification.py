@@ -184,6 +184,9 @@ def test_classification_metrics_on_a_hand_made_example():
         ({"text_column": "body"}, r"no column 'body'.*columns are: text, label.*--text-column"),
         ({"label_column": "class"}, r"no column 'class'.*--label-column"),
         ({"text_pair_column": "second"}, r"no column 'second'.*--text-pair-column"),
+        # every missing column at once: fixed one per run, each run would fail on the next
+        ({"text_column": "body", "label_column": "class"},
+         r"no column 'body' or 'class'; its columns are: text, label\. Name the right ones with --text-column and --label-column"),
     ],
 )
 def test_missing_column_names_the_column_and_the_flag(tmp_path, config, message):

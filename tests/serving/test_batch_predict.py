@@ -95,7 +95,7 @@ def test_a_bad_row_is_named_and_leaves_no_output(model_dir, adapter_dirs, texts,
     assert not output.exists() and not list(tmp_path.glob(".predictions*"))
     # An empty cell (None once read) names its row and its column, and how to mend it.
     blank = write_csv(tmp_path / "blank.csv", [*texts[:2], None, *texts[3:]])
-    with pytest.raises(DataError, match=r"row 2 of .*blank.csv: column 'text' is empty: give the text to classify"):
+    with pytest.raises(DataError, match=r"row 2 of .*blank.csv \(counting data rows from 0.*\): column 'text' is empty: give the text to classify"):
         predict_file(str(adapter_dirs["sentiment"]), str(blank), str(output), model=str(model_dir))
     assert not output.exists()
     with pytest.raises(DataError, match="no column 'sentence'"):

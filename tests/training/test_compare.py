@@ -12,9 +12,10 @@ import torch
 from transformers import ViTConfig, ViTModel
 
 from peftkit.cli import eval_command, main
+from peftkit.peft_model import read_adapter_config
 from peftkit.data import TaskConfig, carve_dev_split, load_task
 from peftkit.data.images import image_processor_for
-from peftkit.errors import MethodConfigError, TrainingError
+from peftkit.errors import AdapterFileError, MethodConfigError, PeftkitError, TrainingError
 from peftkit.data.tasks import kind_of_task
 from peftkit.training.compare import IMAGE_METHODS, TEXT_METHODS, compare_command, markdown_table
 from tests.data.test_images import make_folder
@@ -69,6 +70,15 @@ def test_compare_chooses_on_dev_reports_validation_and_keeps_every_run(model_and
             assert eval_command(run["run_dir"])["accuracy"] == pytest.approx(run["reported_metric"])
         loser = next(run for run in runs if not run["kept"])
         assert not (Path(loser["run_dir"]) / "adapter_model.safetensors").exists()
+        # Pointed at the compare, a method's directory or a grid point that lost, an error names the kept runs.
+        kept_dirs = ", ".join(str(output / method / Path(run["run_dir"]).name) for run in kept)
+        with pytest.raises(AdapterFileError, match="is a grid point `peftkit compare` did not choose") as lost:
+            read_adapter_config(loser["run_dir"])
+        assert lost.value.args[0].endswith(f"the chosen setting's runs are: {kept_dirs}.")
+        with pytest.raises(AdapterFileError, match=f"holds one method of a `peftkit compare`, not an adapter; point at one of its kept runs: {kept_dirs}"):
+            read_adapter_config(output / method)
+        with pytest.raises(AdapterFileError, match="is a `peftkit compare` directory, not an adapter"):
+            read_adapter_config(output)
         assert (Path(loser["run_dir"]) / "metrics.json").is_file()
         assert not (Path(kept[0]["run_dir"]) / "checkpoint").exists()  # resumable state of finished runs is dropped
     assert rows["linear"]["trainable_parameters"] == 66
@@ -130,6 +140,9 @@ def test_compare_refuses_a_non_empty_output_an_unknown_method_and_reports_a_fail
 
 def test_compare_is_a_cli_command(model_and_task, tmp_path, capsys):
     model_dir, task = model_and_task
+    assert main(["compare", "--task", str(task), "--text-column", "body"]) == 2
+    assert ("""peftkit compare has no flag --text-column: --text-column is a flag of `peftkit train`, which compare passes """
+            """to every method as a JSON list: --extra-train-args '["--text-column", "VALUE"]'.""") in capsys.readouterr().err
     assert main(["compare", "--methods", "", "--model", str(model_dir), "--task", str(task), "--output", str(tmp_path / "c")]) == 2
     assert "--methods is empty" in capsys.readouterr().err
     assert main(["compare", "--methods", "linear", "--seeds", "0", "--task", str(task), "--output", str(tmp_path / "d")]) == 2
@@ -299,6 +312,15 @@ def test_the_reading_notes_say_what_the_table_can_and_cannot_tell():
     clear = reading_notes([summary_row("full", 0.96, 0.004, 10, dev=20), summary_row("pasta", 0.90, 0.01, 5, dev=20)])
     assert "full leads by 0.0600 over pasta, more than one std of either." in clear
     assert clear[-1].startswith("Settings were chosen and runs stopped on 20 dev examples")
+    chance = reading_notes([{**summary_row("pasta", 0.59, 0.25, 5_378), "kept_runs": ["pasta/lr=0.03_seed=0", "pasta/lr=0.03_seed=1"]},
+                            {**summary_row("lora", 0.40, 0.01, 75_000), "kept_runs": ["lora/lr=0.01_seed=0"]}])
+    assert ("pasta (0.5900 ± 0.2500) is within one std of predicting the majority class (0.2500): on this data it shows "
+            "nothing learnt; do not deploy it.") not in chance  # 0.34 above it, more than its std
+    assert chance[-1] == ("The adapters are each method's kept runs (any seed of its chosen setting), in this directory. "
+                          "The best method that trains one is pasta (0.5900): pasta/lr=0.03_seed=0, pasta/lr=0.03_seed=1.")
+    at_chance = reading_notes([{**summary_row("pasta", 0.30, 0.10, 5_378)}])
+    assert ("pasta (0.3000 ± 0.1000) is within one std of predicting the majority class (0.2500): on this data it shows "
+            "nothing learnt; do not deploy it.") in at_chance
     single = reading_notes([summary_row("full", 0.96, None, 10), summary_row("pasta", 0.95, None, 5)])
     assert "with one seed there is no spread to judge a gap by: pass --seeds 3" in single[1]
     assert "How to read it:" in markdown_table(rows) and notes[1] in markdown_table(rows)
@@ -371,12 +393,23 @@ def test_a_compare_that_fails_before_any_run_finished_names_extra_train_args_and
     common = dict(methods="linear", model=str(model_dir), task=str(renamed), output=str(output), epochs=1, batch_size=4,
                   max_train_examples=None, max_length=16, quick=True, seeds=1)
     with pytest.raises(TrainingError, match=r"""(?s)no column 'text'.*--text-column is a flag of `peftkit train`, which compare """
-                       r"""passes to every method through --extra-train-args, e.g. --extra-train-args '\["--text-column", "VALUE"\]'.*"""
+                       r"""passes to every method as a JSON list: --extra-train-args '\["--text-column", "VALUE"\]'.*"""
                        r"""No run had finished, so .*cmp was removed"""):
         compare_command(**common)
     assert not output.exists()
+    # The next missing column's hint shows the whole list: the flags already given and the new one.
+    renamed.write_text(task.read_text().replace("text,label", "body,class", 1))
+    with pytest.raises(TrainingError, match=r"""--extra-train-args '\["--text-column", "body", "--label-column", "VALUE"\]'"""):
+        compare_command(**common, extra_train_args=["--text-column", "body"])
+    renamed.write_text(task.read_text().replace("text,label", "body,label", 1))
     result = compare_command(**common, extra_train_args=["--text-column", "body"])
     assert [row["method"] for row in result["rows"]] == ["linear"]
+    # Up front, before any run: a flag `peftkit train` lacks, and a list that is not JSON.
+    with pytest.raises(PeftkitError, match="peftkit train has no flag --text-colum: did you mean --text-column"):
+        compare_command(**{**common, "output": str(tmp_path / "b")}, extra_train_args=["--text-colum", "body"])
+    with pytest.raises(TrainingError, match=r"got '\[--text-column,body\]', which is not a JSON list"):
+        compare_command(**{**common, "output": str(tmp_path / "b")}, extra_train_args=["[--text-column,body]"])
+    assert not (tmp_path / "b").exists()
 
 
 def test_resume_starts_a_method_again_under_new_flags_when_none_of_its_runs_finished(tmp_path):
