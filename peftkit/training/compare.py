@@ -670,8 +670,8 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
     adapters = [row for row in ranked if row.get("kept_runs") and row["method"] != "feature-probe"]
     if adapters:
         best = adapters[0]
-        notes.append(f"The adapters are each method's kept runs (any seed of its chosen setting), in this directory. "
-                     f"The best method that trains one is {best['method']} ({best['metric']:.4f}): "
+        notes.append("The adapters are each method's kept runs (any seed of its chosen setting), in the compare's "
+                     f"--output directory. The best method that trains one is {best['method']} ({best['metric']:.4f}): "
                      f"{', '.join(best['kept_runs'])}.")
     dev = min((row["dev_examples"] for row in rows if row.get("dev_examples")), default=None)
     if dev is not None and dev < SMALL_DEV_SPLIT:

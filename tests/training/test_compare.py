@@ -316,7 +316,7 @@ def test_the_reading_notes_say_what_the_table_can_and_cannot_tell():
                             {**summary_row("lora", 0.40, 0.01, 75_000), "kept_runs": ["lora/lr=0.01_seed=0"]}])
     assert ("pasta (0.5900 ± 0.2500) is within one std of predicting the majority class (0.2500): on this data it shows "
             "nothing learnt; do not deploy it.") not in chance  # 0.34 above it, more than its std
-    assert chance[-1] == ("The adapters are each method's kept runs (any seed of its chosen setting), in this directory. "
+    assert chance[-1] == ("The adapters are each method's kept runs (any seed of its chosen setting), in the compare's --output directory. "
                           "The best method that trains one is pasta (0.5900): pasta/lr=0.03_seed=0, pasta/lr=0.03_seed=1.")
     at_chance = reading_notes([{**summary_row("pasta", 0.30, 0.10, 5_378)}])
     assert ("pasta (0.3000 ± 0.1000) is within one std of predicting the majority class (0.2500): on this data it shows "
