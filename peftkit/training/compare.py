@@ -477,7 +477,8 @@ def compare(
     beside the tuned methods. ``resume`` keeps what an earlier compare in ``output_dir`` finished
     (module docstring). Raises TrainingError naming the log of a method that failed, or when the
     runs to resume were trained with other flags."""
-    made_here = not Path(output_dir).exists() or not any(Path(output_dir).iterdir())
+    existed = Path(output_dir).exists()
+    made_here = not existed or not any(Path(output_dir).iterdir())  # or it was an empty directory
     output = ensure_output_dir(output_dir, overwrite=overwrite, resume=resume)
     try:
         return _compare_in(output, methods, train_args, seeds=seeds, grids=grids, method_train_args=method_train_args,
@@ -486,14 +487,16 @@ def compare(
         if made_here and not any(output.rglob("metrics.json")):
             # Nothing finished, so nothing is lost; left behind, the directory would refuse the corrected command.
             shutil.rmtree(output, ignore_errors=True)
-            raise TrainingError(f"{error}\nNo run had finished, so {output} was removed: correct the command and run it "
-                                "again.") from None
+            if existed:
+                output.mkdir()  # the user's own empty directory stays, as it was
+            raise TrainingError(f"{error}\nNo run had finished, so what it wrote in {output} was removed: correct the "
+                                "command and run it again.") from None
         raise
 
 
-def _compare_in(output: Path, methods: list[str], train_args: list[str], *, seeds: list[int], grids: dict[str, dict[str, list[Any]]],
-                method_train_args: dict[str, list[str]] | None, resume: bool, settings: dict[str, Any] | None,
-                icl_train_args: list[str] | None) -> dict[str, Any]:
+def _compare_in(output: Path, methods: list[str], train_args: list[str], *, seeds: list[int],
+                grids: dict[str, dict[str, list[Any]]], method_train_args: dict[str, list[str]] | None, resume: bool,
+                settings: dict[str, Any] | None, icl_train_args: list[str] | None) -> dict[str, Any]:
     """`compare`'s work once its output directory is ready."""
     started = time.perf_counter()
     rows, runs = [], {}
@@ -581,7 +584,8 @@ def _majority_baseline(rows: list[dict[str, Any]]) -> tuple[str, float, float, f
     if not values:
         return None
     # For a tagger the most frequent tag is "O", everywhere, which finds no entity.
-    return ("every word O" if rows[0]["primary_metric"] == "f1" else "the majority class"), float(np.mean(values)), min(values), max(values)
+    label = "every word O" if rows[0]["primary_metric"] == "f1" else "the majority class"
+    return label, float(np.mean(values)), min(values), max(values)
 
 
 def _span(low: float, high: float, fmt: str) -> str:
@@ -702,8 +706,9 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
         low, high = max(min(std, row["metric"]), 0.0), max(min(std, 1.0 - row["metric"]), 0.0)
         lows.append(row["metric"] - low)
         highs.append(row["metric"] + high)
+        score = f"{row['metric']:.4f}" + ("" if row["metric_std"] is None else f" ± {row['metric_std']:.4f}")
         left.errorbar(trained, row["metric"], yerr=[[low], [high]], fmt="o^sDvP*Xhp"[index % 10], capsize=4,
-                      color=f"C{index % 10}", label=f"{row['method']}: {row['metric']:.4f}" + (f" ± {row['metric_std']:.4f}" if row["metric_std"] is not None else ""))
+                      color=f"C{index % 10}", label=f"{row['method']}: {score}")
     span = (max(highs) - min(lows)) if rows else 1.0
     bottom, top = (min(lows) - 0.15 * span - 0.005, max(highs) + 0.15 * span + 0.005) if rows else (0.0, 1.0)
     handles, labels = left.get_legend_handles_labels()

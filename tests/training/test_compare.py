@@ -394,9 +394,13 @@ def test_a_compare_that_fails_before_any_run_finished_names_extra_train_args_and
                   max_train_examples=None, max_length=16, quick=True, seeds=1)
     with pytest.raises(TrainingError, match=r"""(?s)no column 'text'.*--text-column is a flag of `peftkit train`, which compare """
                        r"""passes to every method as a JSON list: --extra-train-args '\["--text-column", "VALUE"\]'.*"""
-                       r"""No run had finished, so .*cmp was removed"""):
+                       r"""No run had finished, so what it wrote in .*cmp was removed"""):
         compare_command(**common)
     assert not output.exists()
+    output.mkdir()  # a directory the user made stays, empty
+    with pytest.raises(TrainingError, match="No run had finished"):
+        compare_command(**common)
+    assert output.is_dir() and not any(output.iterdir())
     # The next missing column's hint shows the whole list: the flags already given and the new one.
     renamed.write_text(task.read_text().replace("text,label", "body,class", 1))
     with pytest.raises(TrainingError, match=r"""--extra-train-args '\["--text-column", "body", "--label-column", "VALUE"\]'"""):
