@@ -327,7 +327,7 @@ def predict_command(
     top_k: int = 3,
     input: str | None = None,
     output: str | None = None,
-    text_column: str = "text",
+    text_column: str | None = None,
     text_pair_column: str | None = None,
     id_column: str | None = None,
     batch_size: int = 32,
@@ -346,8 +346,8 @@ def predict_command(
         top_k: How many labels to list for classification.
         input: A CSV/JSONL file or a `datasets` directory (save_to_disk) of texts to predict.
         output: The JSONL file to write, one answer per input row in order, each led by its "row" index (with --input).
-        text_column: Column of --input holding the text.
-        text_pair_column: Column of --input holding the second text, for pair tasks.
+        text_column: Column of --input holding the text (default: the column the adapter was trained on, else "text").
+        text_pair_column: Column of --input holding the second text, for pair tasks (default: the one trained on).
         id_column: Column of --input copied into each answer (e.g. an id), to join answers back to rows.
         batch_size: Rows (with --input) or images per forward pass, in each process.
         truncate: Cut texts longer than the model reads instead of refusing the file.

@@ -74,7 +74,7 @@ def predict_file(
     output: str,
     *,
     model: str | None = None,
-    text_column: str = "text",
+    text_column: str | None = None,
     text_pair_column: str | None = None,
     id_column: str | None = None,
     batch_size: int = 32,
@@ -83,6 +83,7 @@ def predict_file(
 ) -> dict[str, Any]:
     """Predict every row of ``input`` with the adapter in ``adapter``; write ``output`` (JSONL).
 
+    ``text_column`` / ``text_pair_column`` default to the columns the adapter was trained on (else "text").
     Each line is one input row's answer, in input order, led by ``"row"`` (its 0-based index in ``input``) and,
     with ``id_column``, that column's value under its own name, so answers join back to the input by key.
     Returns {"rows": ..., "output": ..., "num_processes": ...}. Raises DataError for an existing ``output``
@@ -92,12 +93,20 @@ def predict_file(
     from tqdm.auto import tqdm
 
     from peftkit.files import atomic_write
-    from peftkit.loading import load_adapter
+    from peftkit.loading import load_adapter, read_task_info
+    from peftkit.peft_model import read_adapter_config, refuse_feature_probe
     from peftkit.serving.rows import SERVED_KINDS, Fields, TaskSpec, answer_row, check_text_pair, encode_row, model_max_length, pad_rows
     from peftkit.training.distributed import process_state
 
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {batch_size}.")
+    # What the adapter is, before the file is read: a feature probe is refused whatever the columns.
+    refuse_feature_probe(read_adapter_config(adapter), adapter)
+    task = read_task_info(adapter)
+    trained = task.get("columns") or {}
+    text_column = text_column or trained.get("text_column") or "text"
+    if text_pair_column is None and task.get("is_pair"):
+        text_pair_column = trained.get("text_pair_column")
     if Path(output).exists() and not overwrite:
         raise DataError(f"--output {output} already exists; pass --overwrite true to replace it, or name a new file.")
     state = process_state()

@@ -263,7 +263,9 @@ def extra_train_args_hint(named: list[str], given: list[str] | None = None) -> s
     """How compare takes the `peftkit train` flags ``named``: through --extra-train-args, shown with
     the ones already ``given`` that way, so the example is the whole list to pass."""
     given = list(given or [])
-    example = json.dumps(given + [item for flag in named if flag not in given for item in (flag, "VALUE")])
+    # A named flag already given carries the value that failed: shown as VALUE, to be replaced.
+    shown = ["VALUE" if index > 0 and given[index - 1] in named else item for index, item in enumerate(given)]
+    example = json.dumps(shown + [item for flag in named if flag not in given for item in (flag, "VALUE")])
     return (f"{', '.join(named)} {'is a flag' if len(named) == 1 else 'are flags'} of `peftkit train`, which compare "
             f"passes to every method as a JSON list: --extra-train-args '{example}'.")
 
@@ -296,7 +298,9 @@ def kept_adapters_hint(directory: Path) -> str:
             return []
 
     if (directory / "compare.json").is_file() or any(directory.glob(f"*/{SELECTION_FILE}")):
-        kept = {selection.parent.name: kept_of(selection) for selection in sorted(directory.glob(f"*/{SELECTION_FILE}"))}
+        # The probe last: it cannot be served or predict files, what a user pointing here usually wants.
+        selections = sorted(directory.glob(f"*/{SELECTION_FILE}"), key=lambda path: (path.parent.name == "feature-probe", path))
+        kept = {selection.parent.name: kept_of(selection) for selection in selections}
         listed = "; ".join(f"{method}: {', '.join(runs)}" for method, runs in kept.items() if runs)
         return (f"{directory} is a `peftkit compare` directory, not an adapter; point at one of its kept runs (any seed "
                 f"of the chosen setting), e.g. {listed or 'METHOD/SETTING_seed=N'}.")
@@ -489,8 +493,8 @@ def compare(
             shutil.rmtree(output, ignore_errors=True)
             if existed:
                 output.mkdir()  # the user's own empty directory stays, as it was
-            raise TrainingError(f"{error}\nNo run had finished, so what it wrote in {output} was removed: correct the "
-                                "command and run it again.") from None
+            raise TrainingError(f"{error}\nNo run had finished, so what it wrote in {output} was removed (its log too: "
+                                "the end shown above is what it held); correct the command and run it again.") from None
         raise
 
 
@@ -577,6 +581,11 @@ def _per_seed(rows: list[dict[str, Any]], name: str) -> list[float]:
     return [row[name] for row in rows[:1] if row.get(name) is not None]
 
 
+def _at_chance(row: dict[str, Any], baseline: float) -> bool:
+    """Within one std of (or below) always predicting the majority class: nothing learnt that shows."""
+    return row["metric"] - baseline <= (row.get("metric_std") or 0.0)
+
+
 def _majority_baseline(rows: list[dict[str, Any]]) -> tuple[str, float, float, float] | None:
     """(what it predicts, its mean score over the seeds, lowest, highest): always answering the most
     frequent label, as the notes and the plot name it, or None when no row recorded it."""
@@ -620,7 +629,7 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
     leader = ranked[0]
     if baseline is not None:
         for row in ranked:
-            if row["metric"] - baseline[1] <= (row.get("metric_std") or 0.0):
+            if _at_chance(row, baseline[1]):
                 spread = "" if row.get("metric_std") is None else f" ± {row['metric_std']:.4f}"
                 notes.append(f"{row['method']} ({row['metric']:.4f}{spread}) is within one std of predicting {baseline[0]} "
                              f"({baseline[1]:.4f}): on this data it shows nothing learnt; do not deploy it.")
@@ -630,11 +639,13 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
                          "pass --seeds 3 before choosing on it.")
         else:
             tied = [row for row in ranked if _within_one_std(leader, row)]
+            if baseline is not None and _at_chance(leader, baseline[1]):
+                tied = []  # even the best learnt nothing that shows: which of them leads, or is cheapest, does not matter
             if len(tied) == 1:
                 second = ranked[1]
                 notes.append(f"{leader['method']} leads by {leader['metric'] - second['metric']:.4f} over {second['method']}, "
                              "more than one std of either.")
-            else:
+            elif tied:
                 cheapest = min(tied, key=lambda row: row["trainable_parameters"])
                 notes.append(f"Within one std of the best ({leader['method']}): "
                              + ", ".join(row["method"] for row in tied[1:])
@@ -672,8 +683,11 @@ def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
         notes.append("feature-probe is a scikit-learn logistic regression on pooled frozen features: `peftkit eval` and "
                      "`predict --text` run it, but `serve` and `predict --input` do not load it.")
     adapters = [row for row in ranked if row.get("kept_runs") and row["method"] != "feature-probe"]
-    if adapters:
-        best = adapters[0]
+    if adapters and baseline is not None and all(_at_chance(row, baseline[1]) for row in adapters):
+        notes.append("No method that trains an adapter scores more than one std above the majority class: none is worth "
+                     "deploying on this evidence. More training rows, more --epochs or a look at the labels come first.")
+    elif adapters:
+        best = next(row for row in adapters if baseline is None or not _at_chance(row, baseline[1]))
         notes.append("The adapters are each method's kept runs (any seed of its chosen setting), in the compare's "
                      f"--output directory. The best method that trains one is {best['method']} ({best['metric']:.4f}): "
                      f"{', '.join(best['kept_runs'])}.")

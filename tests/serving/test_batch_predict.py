@@ -192,3 +192,28 @@ def test_predict_text_answers_checks_and_truncates_as_the_server_does(model_dir,
     assert "truncated" in capsys.readouterr().out
     expected = references.answer("sentiment", long_text, truncate=True)
     assert cut["label"] == expected["label"] and cut["probability"] == pytest.approx(expected["score"], abs=1e-5)
+
+
+def test_the_columns_default_to_those_the_adapter_was_trained_on_and_a_probe_is_refused_first(
+        model_dir, adapter_dirs, references, texts, tmp_path):
+    import shutil
+
+    from peftkit.errors import AdapterFileError
+
+    adapter = tmp_path / "sentiment"
+    shutil.copytree(adapter_dirs["sentiment"], adapter)
+    config_path = adapter / "adapter_config.json"
+    record = json.loads(config_path.read_text())
+    record["task"]["columns"] = {"text_column": "review"}  # as if trained on a file whose texts are under "review"
+    config_path.write_text(json.dumps(record))
+    source = tmp_path / "reviews.csv"
+    Dataset.from_dict({"review": texts}).to_csv(str(source), index=False)
+    predict_file(str(adapter), str(source), str(tmp_path / "out.jsonl"), model=str(model_dir))
+    for text, answer in zip(texts, read_jsonl(tmp_path / "out.jsonl")):
+        assert_same_answer(answer, references.answer("sentiment", text), tolerance=2 * 10**-DECIMALS)
+    # A frozen-feature probe is refused for what it is, before its columns or the file are looked at.
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "adapter_config.json").write_text(json.dumps({"peft_type": "FEATURE_PROBE", "task": record["task"]}))
+    with pytest.raises(AdapterFileError, match="is a frozen-feature probe"):
+        predict_file(str(probe), str(tmp_path / "missing.csv"), str(tmp_path / "p.jsonl"))

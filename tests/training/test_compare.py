@@ -318,9 +318,19 @@ def test_the_reading_notes_say_what_the_table_can_and_cannot_tell():
             "nothing learnt; do not deploy it.") not in chance  # 0.34 above it, more than its std
     assert chance[-1] == ("The adapters are each method's kept runs (any seed of its chosen setting), in the compare's --output directory. "
                           "The best method that trains one is pasta (0.5900): pasta/lr=0.03_seed=0, pasta/lr=0.03_seed=1.")
-    at_chance = reading_notes([{**summary_row("pasta", 0.30, 0.10, 5_378)}])
-    assert ("pasta (0.3000 ± 0.1000) is within one std of predicting the majority class (0.2500): on this data it shows "
-            "nothing learnt; do not deploy it.") in at_chance
+    at_chance = reading_notes([{**summary_row("pasta", 0.30, 0.10, 5_378), "kept_runs": ["pasta/lr=0.01_seed=0"]},
+                               summary_row("feature-probe", 0.27, 0.05, 385)])
+    assert at_chance[1:] == [
+        "pasta (0.3000 ± 0.1000) is within one std of predicting the majority class (0.2500): on this data it shows nothing "
+        "learnt; do not deploy it.",
+        "feature-probe (0.2700 ± 0.0500) is within one std of predicting the majority class (0.2500): on this data it shows "
+        "nothing learnt; do not deploy it.",
+        "Each std rests on 2 runs, so it is itself uncertain and the one-std comparisons above are rough: --seeds 3 or more "
+        "makes them firmer.",
+        "feature-probe is a scikit-learn logistic regression on pooled frozen features: `peftkit eval` and `predict --text` "
+        "run it, but `serve` and `predict --input` do not load it.",
+        "No method that trains an adapter scores more than one std above the majority class: none is worth deploying on this "
+        "evidence. More training rows, more --epochs or a look at the labels come first."]
     single = reading_notes([summary_row("full", 0.96, None, 10), summary_row("pasta", 0.95, None, 5)])
     assert "with one seed there is no spread to judge a gap by: pass --seeds 3" in single[1]
     assert "How to read it:" in markdown_table(rows) and notes[1] in markdown_table(rows)
@@ -405,6 +415,9 @@ def test_a_compare_that_fails_before_any_run_finished_names_extra_train_args_and
     renamed.write_text(task.read_text().replace("text,label", "body,class", 1))
     with pytest.raises(TrainingError, match=r"""--extra-train-args '\["--text-column", "body", "--label-column", "VALUE"\]'"""):
         compare_command(**common, extra_train_args=["--text-column", "body"])
+    # A named flag given with a wrong value is shown with VALUE, not with the value that failed.
+    with pytest.raises(TrainingError, match=r"""--extra-train-args '\["--text-column", "VALUE", "--label-column", "VALUE"\]'"""):
+        compare_command(**common, extra_train_args=["--text-column", "bdy"])
     renamed.write_text(task.read_text().replace("text,label", "body,label", 1))
     result = compare_command(**common, extra_train_args=["--text-column", "body"])
     assert [row["method"] for row in result["rows"]] == ["linear"]
