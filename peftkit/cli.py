@@ -318,6 +318,14 @@ def eval_command(
     return result
 
 
+def _names_a_file(text: str) -> bool:
+    """Whether ``text`` is the path of an existing file (a text too long to be a path is not)."""
+    try:
+        return Path(text.strip()).is_file()
+    except (OSError, ValueError):  # over the OS's name length, or holding a NUL
+        return False
+
+
 def predict_command(
     adapter: str,
     text: str | None = None,
@@ -394,6 +402,9 @@ def predict_command(
     elif text is None:
         raise DataError("pass --text \"...\" to predict on.")
     else:
+        if _names_a_file(text):  # a text can name a file by chance, so a note, not a refusal
+            print(f"note: --text {text!r} is also the name of a file; its name was classified, not its rows. "
+                  f"To predict every row, pass --input {text.strip()} --output predictions.jsonl.", file=sys.stderr)
         # The server's and `predict --input`'s encoding and checks, so all three answer a text alike: an
         # empty text is refused, and one longer than the model reads is refused unless --truncate.
         from peftkit.serving.rows import TaskSpec, encode_row, model_max_length, pad_rows

@@ -183,6 +183,9 @@ def test_predict_text_answers_checks_and_truncates_as_the_server_does(model_dir,
         else:
             assert answer["tags"] == [word["label"] for word in expected["words"]]
     capsys.readouterr()
+    # A file's name given as --text is classified as text, with a note saying how to predict its rows.
+    assert main(["predict", str(adapter_dirs["sentiment"]), "--model", str(model_dir), "--text", str(model_dir / "config.json")]) == 0
+    assert "is also the name of a file; its name was classified, not its rows. To predict every row, pass --input" in capsys.readouterr().err
     for bad in ("", "   "):
         assert main(["predict", str(adapter_dirs["sentiment"]), "--model", str(model_dir), "--text", bad]) == 2
         assert "--text is empty: pass the text to classify" in capsys.readouterr().err
