@@ -598,7 +598,9 @@ def _majority_baseline(rows: list[dict[str, Any]]) -> tuple[str, float, float, f
 
 
 def _span(low: float, high: float, fmt: str) -> str:
-    return fmt.format(low) if low == high else f"{fmt.format(low)}–{fmt.format(high)}"
+    """``0.50–0.52``, or one figure when both ends print alike."""
+    low_text, high_text = fmt.format(low), fmt.format(high)
+    return low_text if low_text == high_text else f"{low_text}–{high_text}"
 
 
 def reading_notes(rows: list[dict[str, Any]]) -> list[str]:
