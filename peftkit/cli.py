@@ -341,6 +341,7 @@ def predict_command(
     batch_size: int = 32,
     truncate: bool = False,
     overwrite: bool = False,
+    skip_bad_rows: bool = False,
 ) -> dict[str, Any]:
     """Predict with a saved adapter: a label with its probability, or the entities in a sentence;
     with --input, every row of a file (one JSON line each in --output).
@@ -360,6 +361,8 @@ def predict_command(
         batch_size: Rows (with --input) or images per forward pass, in each process.
         truncate: Cut texts longer than the model reads instead of refusing the file.
         overwrite: Replace an existing --output file.
+        skip_bad_rows: With --input, answer a row that cannot be predicted (empty, too long) with its "error"
+            and predict the others, instead of stopping the file.
     """
     import torch
 
@@ -375,7 +378,7 @@ def predict_command(
             raise DataError("batch prediction needs both --input FILE and --output predictions.jsonl.")
         return predict_file(adapter, input, output, model=model, text_column=text_column,
                             text_pair_column=text_pair_column, id_column=id_column, batch_size=batch_size,
-                            truncate=truncate, overwrite=overwrite)
+                            truncate=truncate, overwrite=overwrite, skip_bad_rows=skip_bad_rows)
     if is_icl_directory(adapter):
         if text is None:
             raise DataError("pass --text \"...\" to classify in context.")

@@ -80,15 +80,18 @@ def predict_file(
     batch_size: int = 32,
     truncate: bool = False,
     overwrite: bool = False,
+    skip_bad_rows: bool = False,
 ) -> dict[str, Any]:
     """Predict every row of ``input`` with the adapter in ``adapter``; write ``output`` (JSONL).
 
     ``text_column`` / ``text_pair_column`` default to the columns the adapter was trained on (else "text").
     Each line is one input row's answer, in input order, led by ``"row"`` (its 0-based index in ``input``) and,
     with ``id_column``, that column's value under its own name, so answers join back to the input by key.
-    Returns {"rows": ..., "output": ..., "num_processes": ...}. Raises DataError for an existing ``output``
-    (unless ``overwrite``), an unreadable input, a missing column, an empty or over-long text (unless
-    ``truncate``) naming the row, or an image adapter."""
+    With ``skip_bad_rows`` a row the server would refuse (empty, over-long without ``truncate``) is
+    answered by ``{"row", "error": {"code", "message"}}``, as the server fails only that request, and the
+    others are predicted. Returns {"rows", "refused", "output", "num_processes"}. Raises DataError for an
+    existing ``output`` (unless ``overwrite``), an unreadable input, a missing column, a bad row naming it
+    (unless ``skip_bad_rows``), or an image adapter."""
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
@@ -139,24 +142,29 @@ def predict_file(
         for start in range(shard.start, shard.stop, batch_size):
             batch = rows[start : min(start + batch_size, shard.stop)]
             pairs = batch[text_pair_column] if text_pair_column else [None] * len(batch[text_column])
-            encoded = []
+            encoded, answered = {}, {}  # by offset in the batch
             for offset, (text, text_pair) in enumerate(zip(batch[text_column], pairs)):
                 try:
-                    encoded.append(encode_row(tokenizer, spec, text, text_pair, max_length=max_length, truncate=truncate,
-                                              fields=columns))
+                    encoded[offset] = encode_row(tokenizer, spec, text, text_pair, max_length=max_length,
+                                                 truncate=truncate, fields=columns)
                 except RequestError as error:
-                    raise DataError(f"row {start + offset} of {input} (counting data rows from 0, as the answers' "
-                                    f"\"row\" does): {error}") from None
-            inputs = pad_rows(tokenizer, encoded, device)
-            with torch.no_grad():
-                logits = adapted(**inputs).logits
-            for index, row in enumerate(encoded):
-                row_logits = logits[index]
-                if row_logits.dim() == 2:  # token classification: the row's own tokens, without padding
-                    row_logits = row_logits[inputs["attention_mask"][index].bool()]
-                key = {"row": start + index, **({id_column: batch[id_column][index]} if id_column else {})}
-                answers.append({**key, **_round(answer_row(spec, row_logits, row))})
-            progress.update(len(encoded))
+                    where = f"row {start + offset} of {input} (counting data rows from 0, as the answers' \"row\" does)"
+                    if not skip_bad_rows:
+                        raise DataError(f"{where}: {error} (--skip-bad-rows true answers the other rows)") from None
+                    answered[offset] = {"error": {"code": error.code, "message": str(error)}}
+            if encoded:
+                inputs = pad_rows(tokenizer, list(encoded.values()), device)
+                with torch.no_grad():
+                    logits = adapted(**inputs).logits
+                for index, (offset, row) in enumerate(encoded.items()):
+                    row_logits = logits[index]
+                    if row_logits.dim() == 2:  # token classification: the row's own tokens, without padding
+                        row_logits = row_logits[inputs["attention_mask"][index].bool()]
+                    answered[offset] = _round(answer_row(spec, row_logits, row))
+            for offset in range(len(batch[text_column])):
+                key = {"row": start + offset, **({id_column: batch[id_column][offset]} if id_column else {})}
+                answers.append({**key, **answered[offset]})
+            progress.update(len(answered))
     except DataError as error:
         failure = str(error)
     finally:
@@ -167,6 +175,7 @@ def predict_file(
     failures = [message for _, _, message in gathered if message]
     if failures:
         raise DataError(failures[0])
+    refused = sum(1 for _, shard_answers, _ in gathered for answer in shard_answers if "error" in answer)
     if state.is_main_process:
         lines = [json.dumps(answer, ensure_ascii=False) for _, shard_answers, _ in sorted(gathered, key=lambda g: g[0])
                  for answer in shard_answers]
@@ -176,5 +185,6 @@ def predict_file(
                 handle.write("".join(line + "\n" for line in lines))
 
         atomic_write(output, write)
-        print(f"{len(lines)} predictions written to {output} by {state.num_processes} process(es)")
-    return {"rows": len(rows), "output": str(output), "num_processes": state.num_processes}
+        print(f"{len(lines)} predictions written to {output} by {state.num_processes} process(es)"
+              + (f"; {refused} row(s) refused, each answered by its \"error\"" if refused else ""))
+    return {"rows": len(rows), "refused": refused, "output": str(output), "num_processes": state.num_processes}

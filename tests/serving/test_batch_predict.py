@@ -87,10 +87,10 @@ def test_jsonl_and_saved_datasets_with_pairs(model_dir, adapter_dirs, references
         assert_same_answer(answer, references.answer("topic", text, pair), tolerance=2 * 10**-DECIMALS)
 
 
-def test_a_bad_row_is_named_and_leaves_no_output(model_dir, adapter_dirs, texts, tmp_path):
+def test_a_bad_row_is_named_and_leaves_no_output(model_dir, adapter_dirs, references, texts, tmp_path):
     source = write_csv(tmp_path / "data.csv", [*texts[:5], " ".join(["movie"] * 80), *texts[5:]])
     output = tmp_path / "predictions.jsonl"
-    with pytest.raises(DataError, match=r"row 5 of .*data.csv.*at most 64.*truncate"):
+    with pytest.raises(DataError, match=r"row 5 of .*data.csv.*at most 64.*truncate.*--skip-bad-rows true answers the other rows"):
         predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir))
     assert not output.exists() and not list(tmp_path.glob(".predictions*"))
     # An empty cell (None once read) names its row and its column, and how to mend it.
@@ -102,6 +102,15 @@ def test_a_bad_row_is_named_and_leaves_no_output(model_dir, adapter_dirs, texts,
         predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir), text_column="sentence")
     with pytest.raises(DataError, match="does not exist"):
         predict_file(str(adapter_dirs["sentiment"]), str(tmp_path / "nope.csv"), str(output), model=str(model_dir))
+    # Asked to skip bad rows, the long one is answered by its error, as the server would, and the others are predicted.
+    result = predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir), skip_bad_rows=True)
+    answers = read_jsonl(output)
+    assert result["refused"] == 1 and [answer["row"] for answer in answers] == list(range(ROWS + 1))
+    assert answers[5] == {"row": 5, "error": {"code": "text_too_long", "message": answers[5]["error"]["message"]}}
+    assert "at most 64" in answers[5]["error"]["message"] and all("label" in answer for i, answer in enumerate(answers) if i != 5)
+    for text, answer in zip(texts, answers[:5] + answers[6:]):
+        assert_same_answer(answer, references.answer("sentiment", text), tolerance=2 * 10**-DECIMALS)
+    output.unlink()
     # Asked to truncate, the long row is cut and says so.
     predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir), truncate=True)
     assert [answer["truncated"] for answer in read_jsonl(output)] == [False] * 5 + [True] + [False] * (ROWS - 5)
