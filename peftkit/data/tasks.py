@@ -312,16 +312,28 @@ def split_files_or_error(directory: Path) -> tuple[Path, Path | None]:
     return train_file, validation_file
 
 
-def read_table(path: Path) -> Dataset:
-    """A CSV/TSV/JSON/JSONL file as a Dataset, read with the ``datasets`` builders."""
+def read_table(path: Path, *, as_text: bool = False) -> Dataset:
+    """A CSV/TSV/JSON/JSONL file as a Dataset, read with the ``datasets`` builders.
+
+    In a CSV only an empty cell is missing: pandas would also read "NA", "null", "None", "N/A"
+    (real texts, short answers) as missing. ``as_text`` reads every CSV column as a string, so that
+    ids such as "007" are not turned into 7 (batch prediction copies them back)."""
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise DataError(f"cannot read {path}: expected one of {', '.join(TABLE_SUFFIXES)}.")
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty; it needs a header line and at least one example.")
-    builder, options = ("json", {}) if suffix in (".json", ".jsonl") else ("csv", {})
+    builder, options = ("json", {}) if suffix in (".json", ".jsonl") else ("csv", {"keep_default_na": False, "na_values": [""]})
     if suffix == ".tsv":
         options["sep"] = "\t"
+    if as_text and builder == "csv":
+        import csv
+
+        from datasets import Features, Value
+
+        with open(path, encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle, delimiter=options.get("sep", ",")), [])
+        options["features"] = Features({name: Value("string") for name in header})
     try:
         return load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as error:  # the builders raise many types; the user needs the file and the cause

@@ -47,7 +47,7 @@ def read_rows(path: str | Path):
             saved = next(iter(saved.values()))
         assert isinstance(saved, Dataset)
         return saved
-    return read_table(path)
+    return read_table(path, as_text=True)
 
 
 def _round(answer: Any) -> Any:
@@ -185,6 +185,6 @@ def predict_file(
                 handle.write("".join(line + "\n" for line in lines))
 
         atomic_write(output, write)
-        print(f"{len(lines)} predictions written to {output} by {state.num_processes} process(es)"
-              + (f"; {refused} row(s) refused, each answered by its \"error\"" if refused else ""))
+        print(f"{len(lines) - refused} predictions written to {output} by {state.num_processes} process(es)"
+              + (f", and {refused} refused row(s), each answered by its \"error\"" if refused else ""))
     return {"rows": len(rows), "refused": refused, "output": str(output), "num_processes": state.num_processes}

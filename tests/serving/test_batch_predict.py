@@ -229,3 +229,15 @@ def test_the_columns_default_to_those_the_adapter_was_trained_on_and_a_probe_is_
     (probe / "adapter_config.json").write_text(json.dumps({"peft_type": "FEATURE_PROBE", "task": record["task"]}))
     with pytest.raises(AdapterFileError, match="is a frozen-feature probe"):
         predict_file(str(probe), str(tmp_path / "missing.csv"), str(tmp_path / "p.jsonl"))
+
+
+def test_a_csvs_cells_are_read_as_written(model_dir, adapter_dirs, references, tmp_path):
+    """ "NA", "null", "None" are texts, not missing cells, and an id "007" stays "007": answers join back by key."""
+    source = tmp_path / "weird.csv"
+    source.write_text("id,text\n007,NA\n0123,null\n1e3,None\nx,N/A\n")
+    output = tmp_path / "out.jsonl"
+    predict_file(str(adapter_dirs["sentiment"]), str(source), str(output), model=str(model_dir), id_column="id")
+    answers = read_jsonl(output)
+    assert [answer["id"] for answer in answers] == ["007", "0123", "1e3", "x"]
+    for text, answer in zip(["NA", "null", "None", "N/A"], answers):
+        assert_same_answer(answer, references.answer("sentiment", text), tolerance=2 * 10**-DECIMALS)
