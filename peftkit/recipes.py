@@ -161,11 +161,11 @@ def canonical_method(method: str) -> str:
     except MethodConfigError:
         import difflib
 
-        known = sorted({*method_names(), *PEFT_METHODS, *METHOD_VARIANTS, "icl", "feature-probe"})
-        guess = difflib.get_close_matches(method.lower(), known, n=1)
+        trained = sorted({*method_names(), *PEFT_METHODS, "icl", "feature-probe"})
+        guess = difflib.get_close_matches(method.lower(), [*trained, *METHOD_VARIANTS], n=1)
         raise MethodConfigError(
             f"unknown method {method!r}; {f'did you mean {guess[0]!r}? ' if guess else ''}"
-            f"peftkit trains {', '.join(sorted({*method_names(), *PEFT_METHODS, 'icl', 'feature-probe'}))}."
+            f"peftkit trains {', '.join(trained)}."
         ) from None
 
 

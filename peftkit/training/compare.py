@@ -167,9 +167,9 @@ def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
     return metrics if isinstance(metrics, dict) and "reported_metrics" in metrics else None
 
 
-def _check_resumable(method_dir: Path, train_args: list[str], method: str) -> None:
-    """Refuse to resume runs made with other `peftkit train` flags: they would be mixed into one row."""
-    before = _recorded_train_args(method_dir)
+def _check_resumable(method_dir: Path, before: list[str] | None, train_args: list[str], method: str) -> None:
+    """Refuse to resume runs made with other `peftkit train` flags (``before``, from spec.json; None when
+    unreadable) than ``train_args``: they would be mixed into one row."""
     if before is None:
         raise TrainingError(
             f"cannot resume {method} in {method_dir}: it has no readable spec.json, so its runs' settings "
@@ -191,17 +191,19 @@ def _recorded_train_args(method_dir: Path) -> list[str] | None:
         return None
 
 
+def _flag_pairs(argv: list[str]) -> dict[str, str]:
+    """``{"--max-length": "32", "--resume": ""}``: each flag of ``argv`` and its value ("" for none)."""
+    pairs, index = {}, 0
+    while index < len(argv):
+        value = argv[index + 1] if index + 1 < len(argv) and not argv[index + 1].startswith("--") else ""
+        pairs[argv[index]] = value
+        index += 2 if value else 1
+    return pairs
+
+
 def _flag_differences(before: list[str], now: list[str]) -> str:
     """``--max-length 32 then, 64 now; --seeds ...``: the `peftkit train` flags that differ."""
-    def flags(argv: list[str]) -> dict[str, str]:
-        pairs, index = {}, 0
-        while index < len(argv):
-            value = argv[index + 1] if index + 1 < len(argv) and not argv[index + 1].startswith("--") else ""
-            pairs[argv[index]] = value
-            index += 2 if value else 1
-        return pairs
-
-    old, new = flags(before), flags(now)
+    old, new = _flag_pairs(before), _flag_pairs(now)
     return "; ".join(f"{name} {old.get(name, '(unset)')} then, {new.get(name, '(unset)')} now"
                      for name in dict.fromkeys([*old, *new]) if old.get(name) != new.get(name))
 
@@ -212,7 +214,7 @@ def _prepare_method_dir(method_dir: Path, train_args: list[str], method: str, re
     other flags it starts again, so the corrected command resumes."""
     recorded = _recorded_train_args(method_dir)
     if resume and method_dir.exists() and (recorded is None or any(method_dir.rglob("metrics.json"))):
-        _check_resumable(method_dir, train_args, method)
+        _check_resumable(method_dir, recorded, train_args, method)
     elif resume and recorded == train_args:
         pass  # cut-off runs made with these flags continue from their checkpoints
     elif method_dir.exists():
@@ -281,8 +283,7 @@ def _train_flags_hint(log_tail: str, train_args: list[str]) -> str:
     named = [flag for flag in dict.fromkeys(re.findall(r"--[a-z][a-z0-9-]*", errors)) if flag in only]
     if not named:
         return ""
-    given = [item for index, item in enumerate(train_args)
-             if item in only or (index > 0 and train_args[index - 1] in only and not item.startswith("--"))]
+    given = [item for flag, value in _flag_pairs(train_args).items() if flag in only for item in (flag, value) if item]
     return "\n" + extra_train_args_hint(named, given)
 
 
@@ -382,6 +383,14 @@ def _median_or_none(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
+def _end_of_grid(value: Any, values: list[float]) -> str | None:
+    """"largest" or "smallest" when ``value`` is an end of the sorted grid ``values`` of 3 or more points
+    (a 2-point grid always chooses an end), else None."""
+    if len(values) >= 3 and value in (values[0], values[-1]):
+        return "largest" if value == values[-1] else "smallest"
+    return None
+
+
 def _chosen_at_grid_edge(selection: dict[str, Any]) -> dict[str, str]:
     """{setting: "largest" | "smallest"} for each numeric setting chosen at an end of a grid of 3 or
     more values (a 2-point grid always chooses an end): the best value may lie beyond the grid."""
@@ -389,9 +398,9 @@ def _chosen_at_grid_edge(selection: dict[str, Any]) -> dict[str, str]:
     grid = [run["settings"] for run in selection["runs"] if run["seed"] == seed]
     edges = {}
     for name, value in selection["chosen"].items():
-        values = sorted({settings[name] for settings in grid if isinstance(settings.get(name), (int, float))})
-        if len(values) >= 3 and value in (values[0], values[-1]):
-            edges[name] = "largest" if value == values[-1] else "smallest"
+        end = _end_of_grid(value, sorted({settings[name] for settings in grid if isinstance(settings.get(name), (int, float))}))
+        if end:
+            edges[name] = end
     return edges
 
 
@@ -405,12 +414,12 @@ def _chosen_in_runs_at_grid_edge(kept: list[dict[str, Any]]) -> dict[str, dict[s
         at_end = []
         for run in kept:
             grid = [entry for entry in run.get("grid_in_run") or [] if isinstance(entry.get(name), (int, float))]
-            values = sorted(entry[name] for entry in grid)
             chosen = (run.get("chosen_in_run") or {}).get(name)
-            if len(values) >= 3 and chosen in (values[0], values[-1]):
+            end = _end_of_grid(chosen, sorted(entry[name] for entry in grid))
+            if end:
                 best = next(entry["dev_metric"] for entry in grid if entry[name] == chosen)
                 tied = sum(entry["dev_metric"] == best for entry in grid) > 1
-                at_end.append(("largest" if chosen == values[-1] else "smallest", chosen, tied))
+                at_end.append((end, chosen, tied))
         if at_end:
             ends = sorted({end for end, _, _ in at_end}, reverse=True)
             edges[name] = {"end": " or ".join(ends), "runs": len(at_end), "of": len(kept),
@@ -714,9 +723,10 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     figure = Figure(figsize=(12, 5.5), layout="constrained")
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2)
-    lows, highs = [], []
+    lows, highs, counts = [], [], []
     for index, row in enumerate(rows):
         trained = max(row["trainable_parameters"], 1)  # in-context learning trains 0: drawn at 1 on the log axis
+        counts.append(trained)
         std = row["metric_std"] or 0.0
         # Accuracy and F1 lie in [0, 1]: a bar past either end would draw scores no run can have.
         low, high = max(min(std, row["metric"]), 0.0), max(min(std, 1.0 - row["metric"]), 0.0)
@@ -742,7 +752,6 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     left.set_ylim(max(bottom, -0.02), min(top, 1.02))
     left.set_xscale("log")
     left.xaxis.set_minor_formatter(NullFormatter())  # 2×10³, 3×10³, … overlap on a narrow span
-    counts = [max(row["trainable_parameters"], 1) for row in rows]
     if counts and max(counts) < 100 * min(counts):  # under two decades: 1, 2, 5 × 10^k, written out
         left.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         left.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
